@@ -1,0 +1,176 @@
+"""The configuration schema: every key a run reads, its default, and its validation.
+
+Config files under `configs/` start from `base_config()`, which returns a *locked* ConfigDict: assigning a key
+that does not exist (a typo in a config file or in a `--config.a.b=...` override) raises an error naming the key
+and the valid ones. `validate(config)` then checks values (ranges, choices, divisibility) before anything runs.
+Defaults follow the reference implementations (see the comments beside each key).
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable
+
+import ml_collections
+
+# ImageNet RGB mean/std in 0..255 pixel units, as every reference uses.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+class ConfigError(ValueError):
+  """A config key or value that cannot run, with a message naming the key and the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the full schema with reference defaults (mmseg FCN-R50-D8 style), locked against new keys."""
+  c = ml_collections.ConfigDict()
+  c.name = 'base'
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'synthetic_context'   # see ctxseg_jax.data.datasets.DATASETS
+  c.data.root = ''                    # dataset folder (local or gs://), for datasets read from disk
+  c.data.train_split = 'train'
+  c.data.eval_split = 'val'
+  c.data.base_size = 512              # random rescale is relative to this long side (PTE/HRNet) ...
+  c.data.ratio_range = (0.5, 2.0)     # ... times a ratio drawn uniformly from this range
+  c.data.crop_size = (512, 512)       # (height, width) of training crops
+  c.data.flip = True                  # random horizontal flip, p = 0.5
+  c.data.eval_size = (512, 512)       # (height, width): eval images are padded (label: ignore) to this size
+  c.data.mean = IMAGENET_MEAN
+  c.data.std = IMAGENET_STD
+  c.data.image_pad_value = 0          # pixel value for padded image areas (PTE pads raw pixels with 0)
+  c.data.worker_count = 2             # grain worker processes per host (0: in the main process)
+  c.data.worker_buffer_size = 2       # batches each worker prepares ahead
+  # Procedurally generated dataset (data.name = 'synthetic_context'); deterministic from (seed, index).
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.image_size = 96
+  c.data.synthetic.num_train = 2000
+  c.data.synthetic.num_val = 200
+  c.data.synthetic.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'fcn'                # see ctxseg_jax.models.MODELS
+  c.model.dtype = 'float32'           # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
+  c.model.backbone = ml_collections.ConfigDict()
+  c.model.backbone.depth = 50         # 18, 34, 50, 101 or 152
+  c.model.backbone.stem = 'v1c'       # 'v1c' (mmseg, 3x3 32-32-64), 's' (PyTorch-Encoding, 64-64-128), 'pytorch' (7x7)
+  c.model.backbone.base_width = 64    # channels of the first stage; 64 is the reference, smaller for CPU demos
+  c.model.backbone.output_stride = 8  # 8: dilations (1,1,2,4); 16: (1,1,1,2); 32: no dilation
+  c.model.backbone.contract_dilation = True  # first block of a dilated stage uses half the dilation (mmseg, PTE)
+  c.model.backbone.zero_init_residual = True  # last BN of each block starts at scale 0 (mmseg; torchvision: False)
+  c.model.head = ml_collections.ConfigDict()  # mmseg FCNHead as in fcn_r50-d8
+  c.model.head.channels = 512
+  c.model.head.num_convs = 2
+  c.model.head.concat_input = True
+  c.model.head.dropout = 0.1
+  c.model.head.dropout_mode = 'channel'  # 'channel' (Dropout2d, mmseg) or 'element' (nn.Dropout, PTE)
+  c.model.aux_head = ml_collections.ConfigDict()  # auxiliary FCNHead on stage 3, training only
+  c.model.aux_head.enabled = True
+  c.model.aux_head.channels = 256
+  c.model.aux_head.num_convs = 1
+  c.model.aux_head.dropout = 0.1
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.ce_reduction = 'valid'       # 'valid': mean over non-ignored pixels (PTE, HRNet, Paddle);
+                                      # 'all': mean over all pixels, ignored ones count 0 (mmseg avg_non_ignore=False)
+  c.loss.aux_weight = 0.4             # mmseg 0.4; PyTorch-Encoding train scripts 0.2
+
+  c.optim = ml_collections.ConfigDict()  # SGD + polynomial decay, stepped per iteration
+  c.optim.lr = 0.01
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 5e-4         # applied to every parameter (BN and biases included), as the references do
+  c.optim.poly_power = 0.9
+  c.optim.end_lr = 0.0                # floor of the polynomial decay (mmseg: 1e-4)
+  c.optim.warmup_steps = 0            # linear warmup from warmup_ratio * lr
+  c.optim.warmup_ratio = 0.1
+  c.optim.head_lr_mult = 1.0          # LR multiplier for everything outside the backbone (PyTorch-Encoding: 10)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 80_000
+  c.train.batch_size = 16             # global batch, split over every device of every host
+  c.train.log_every = 50
+  c.train.eval_every = 8_000          # 0: evaluate only at the end
+  c.train.checkpoint_every = 2_000
+  c.train.keep_checkpoints = 3        # the last N are kept, plus the best by eval mIoU
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 16              # global
+  c.eval.miou_convention = 'present'  # headline `miou`: 'present' (mean over classes present, mmseg) or
+                                      # 'all' (mean over all classes, absent ones count 0: HRNet, PyTorch-Encoding)
+  c.lock()
+  return c
+
+
+_CHOICES = {
+    'model.dtype': ('float32', 'bfloat16'),
+    'model.backbone.depth': (18, 34, 50, 101, 152),
+    'model.backbone.stem': ('v1c', 's', 'pytorch'),
+    'model.backbone.output_stride': (8, 16, 32),
+    'model.head.dropout_mode': ('channel', 'element'),
+    'loss.ce_reduction': ('valid', 'all'),
+    'eval.miou_convention': ('present', 'all'),
+}
+_POSITIVE = ('train.steps', 'train.batch_size', 'train.log_every', 'train.checkpoint_every',
+             'train.keep_checkpoints', 'eval.batch_size', 'data.base_size', 'model.backbone.base_width',
+             'model.head.channels', 'model.aux_head.channels', 'data.synthetic.image_size',
+             'data.synthetic.num_train', 'data.synthetic.num_val')
+_NON_NEGATIVE = ('train.eval_every', 'optim.lr', 'optim.weight_decay', 'optim.end_lr', 'optim.warmup_steps',
+                 'optim.head_lr_mult', 'loss.aux_weight', 'data.worker_count', 'model.head.num_convs')
+_UNIT_INTERVAL = ('optim.momentum', 'optim.warmup_ratio', 'model.head.dropout', 'model.aux_head.dropout')
+
+
+def get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  value = config
+  for part in dotted.split('.'):
+    value = value[part]
+  return value
+
+
+def _pair(config, key: str, errors: list[str], *, positive: bool = True) -> None:
+  value = get(config, key)
+  if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)):
+    errors.append(f'config.{key}={value!r} must be a pair of numbers, e.g. --config.{key}="(512, 512)"')
+  elif positive and min(value) <= 0:
+    errors.append(f'config.{key}={value!r} must be positive')
+
+
+def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str] = (),
+             known_models: Iterable[str] = ()) -> None:
+  """Checks every value; raises ConfigError listing each bad key, its value and what is valid."""
+  errors: list[str] = []
+  choices_by_key = dict(_CHOICES)
+  if known_datasets:
+    choices_by_key['data.name'] = tuple(known_datasets)
+  if known_models:
+    choices_by_key['model.name'] = tuple(known_models)
+  for key, choices in choices_by_key.items():
+    value = get(config, key)
+    if value not in choices:
+      hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+      errors.append(f'config.{key}={value!r} is not valid; choose one of {list(choices)}'
+                    + (f' (did you mean {hint[0]!r}?)' if hint else ''))
+  for key in _POSITIVE:
+    if not get(config, key) > 0:
+      errors.append(f'config.{key}={get(config, key)!r} must be > 0')
+  for key in _NON_NEGATIVE:
+    if not get(config, key) >= 0:
+      errors.append(f'config.{key}={get(config, key)!r} must be >= 0')
+  for key in _UNIT_INTERVAL:
+    if not 0 <= get(config, key) < 1 + (key == 'optim.warmup_ratio'):
+      errors.append(f'config.{key}={get(config, key)!r} must be in [0, 1)')
+  for key in ('data.crop_size', 'data.eval_size', 'data.ratio_range'):
+    _pair(config, key, errors)
+  if not errors and config.data.ratio_range[0] > config.data.ratio_range[1]:
+    errors.append(f'config.data.ratio_range={config.data.ratio_range!r} must be (low, high) with low <= high')
+  for key in ('data.mean', 'data.std'):
+    value = get(config, key)
+    if not (isinstance(value, (tuple, list)) and len(value) == 3):
+      errors.append(f'config.{key}={value!r} must be three numbers (R, G, B)')
+  if config.optim.end_lr > config.optim.lr:
+    errors.append(f'config.optim.end_lr={config.optim.end_lr} must not exceed config.optim.lr={config.optim.lr}')
+  if config.optim.warmup_steps >= config.train.steps > 0:
+    errors.append(f'config.optim.warmup_steps={config.optim.warmup_steps} must be < config.train.steps='
+                  f'{config.train.steps}')
+  if errors:
+    raise ConfigError('Invalid config:\n  ' + '\n  '.join(errors))

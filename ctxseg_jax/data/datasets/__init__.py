@@ -1,0 +1,71 @@
+"""The dataset registry: `config.data.name` -> class metadata and per-split sources."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Callable
+
+import ml_collections
+
+from ctxseg_jax.data.datasets import folder
+from ctxseg_jax.data.datasets import synthetic_context
+from ctxseg_jax.data.datasets.base import DataError, DatasetInfo, SegmentationSource, check_sample
+from ctxseg_jax.data.datasets.folder import FolderSource, folder_info
+from ctxseg_jax.data.datasets.synthetic_context import SYNTHETIC_CONTEXT_INFO, SyntheticContextSource
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+  """How to get a dataset's metadata and its splits from `config.data`."""
+  info: Callable[[ml_collections.ConfigDict], DatasetInfo]
+  build: Callable[[ml_collections.ConfigDict, str], SegmentationSource]
+
+
+def _synthetic_source(data_config: ml_collections.ConfigDict, split: str) -> SyntheticContextSource:
+  cfg = data_config.synthetic
+  sizes = {'train': cfg.num_train, 'val': cfg.num_val}
+  if split not in sizes:
+    raise DataError(f'synthetic_context has no split {split!r}; its splits are {sorted(sizes)} (check '
+                    '--config.data.train_split and --config.data.eval_split)')
+  return SyntheticContextSource(split, sizes[split], image_size=cfg.image_size, seed=cfg.seed)
+
+
+def _folder_root(data_config: ml_collections.ConfigDict) -> str:
+  if not data_config.root:
+    raise DataError('config.data.root is empty; data.name=folder reads a dataset folder: set '
+                    '--config.data.root=/path/to/dataset (local or gs://). Write one with '
+                    'python -m ctxseg_jax.data.export --config <config.py> --out <dir>')
+  return data_config.root
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    'synthetic_context': DatasetEntry(info=lambda data_config: SYNTHETIC_CONTEXT_INFO, build=_synthetic_source),
+    'folder': DatasetEntry(info=lambda data_config: folder_info(_folder_root(data_config)),
+                           build=lambda data_config, split: FolderSource(_folder_root(data_config), split)),
+}
+
+
+def _entry(data_config: ml_collections.ConfigDict) -> DatasetEntry:
+  name = data_config.name
+  if name not in DATASETS:
+    hint = difflib.get_close_matches(str(name), list(DATASETS), n=1)
+    raise DataError(f'config.data.name={name!r} is not a known dataset; choose one of {list(DATASETS)}'
+                    + (f' (did you mean {hint[0]!r}?)' if hint else ''))
+  return DATASETS[name]
+
+
+def dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+  """The configured dataset's metadata (reads at most a dataset.json, never a sample)."""
+  return _entry(data_config).info(data_config)
+
+
+def build_source(data_config: ml_collections.ConfigDict, split: str) -> SegmentationSource:
+  """The configured dataset's split `split`; lists files but decodes nothing."""
+  return _entry(data_config).build(data_config, split)
+
+
+__all__ = [
+    'DATASETS', 'DataError', 'DatasetEntry', 'DatasetInfo', 'FolderSource', 'SYNTHETIC_CONTEXT_INFO',
+    'SegmentationSource', 'SyntheticContextSource', 'build_source', 'check_sample', 'dataset_info', 'folder',
+    'folder_info', 'synthetic_context',
+]

@@ -1,0 +1,114 @@
+"""grain input pipelines: an endless, shuffled, per-process-sharded, checkpointable train stream and a static-shape
+eval pass.
+
+Built with grain's dataset API: source -> this process's shard -> shuffle -> repeat -> augment -> batch, then
+worker processes (`mp_prefetch`) that compute whole batches of that same stream. Every random choice (shuffle
+order, augmentation) derives from (seed, position in the stream), so the batches are identical whatever the
+number of workers, and the iterator (get_state/set_state, saved in every checkpoint) resumes exactly. Resuming
+needs the worker count the state was saved with.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+
+from ctxseg_jax.data import transforms
+from ctxseg_jax.data.datasets.base import SegmentationSource
+
+
+class PaddedEvalSource:
+  """Extends a source to `padded_length` samples; the extra ones carry only ignore labels (never scored).
+
+  Equal-sized shards keep every process stepping through the same number of static-shape eval batches.
+  """
+
+  def __init__(self, source: SegmentationSource, padded_length: int):
+    self.source, self.padded_length = source, padded_length
+
+  def __len__(self) -> int:
+    return self.padded_length
+
+  def __getitem__(self, index: int) -> dict:
+    if index < len(self.source):
+      return self.source[index]
+    sample = self.source[0]
+    return {'image': np.zeros_like(sample['image']), 'label': np.full_like(sample['label'], transforms.IGNORE),
+            'name': 'padding'}
+
+
+def _process_shard(dataset: grain.MapDataset, process_index: int | None,
+                   process_count: int | None) -> grain.MapDataset:
+  """This process's equal share of the records (the remainder of an uneven split is dropped)."""
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  usable = len(dataset) - len(dataset) % count
+  return dataset[:usable][index::count]
+
+
+def _with_workers(dataset: grain.IterDataset, worker_count: int,
+                  worker_buffer_size: int) -> grain.DatasetIterator:
+  if not worker_count:
+    return iter(dataset)
+  # grain's worker processes read absl flags; outside an absl app (tests, notebooks) use their defaults.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  options = grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=worker_buffer_size)
+  return iter(dataset.mp_prefetch(options))
+
+
+def train_iterator(source: SegmentationSource, data_config: ml_collections.ConfigDict, per_process_batch: int,
+                   seed: int, *, process_index: int | None = None, process_count: int | None = None,
+                   worker_count: int | None = None) -> grain.DatasetIterator:
+  """An endless iterator of {'image': uint8 (b, h, w, 3), 'label': uint8 (b, h, w)} batches for this process.
+
+  It supports get_state/set_state; orbax saves it with grain's checkpoint handler. process_index/process_count
+  default to this JAX process; tests pass them to simulate several hosts.
+  """
+  shard = _process_shard(grain.MapDataset.source(source), process_index, process_count)
+  if len(shard) < per_process_batch:
+    raise ValueError(f'the {source.split!r} split gives this process {len(shard)} samples, fewer than one batch '
+                     f'({per_process_batch}); lower config.train.batch_size')
+  augment = transforms.TrainAugment(
+      base_size=data_config.base_size, ratio_range=tuple(data_config.ratio_range),
+      crop_size=tuple(data_config.crop_size), flip=data_config.flip, image_pad_value=data_config.image_pad_value)
+  dataset = (shard.seed(seed).shuffle().repeat().random_map(augment)
+             .batch(per_process_batch, drop_remainder=True).to_iter_dataset())
+  workers = data_config.worker_count if worker_count is None else worker_count
+  return _with_workers(dataset, workers, data_config.worker_buffer_size)
+
+
+def eval_batches(source: SegmentationSource, data_config: ml_collections.ConfigDict, global_batch: int,
+                 *, process_index: int | None = None, process_count: int | None = None,
+                 worker_count: int | None = None) -> tuple[Iterator[dict], int]:
+  """One pass over the split in this process's share of static-shape batches.
+
+  Returns (iterator of {'image': uint8 (b, H, W, 3), 'label': uint8 (b, H, W)}, number of batches), where
+  (H, W) = config.data.eval_size and b = global_batch / process_count.
+  """
+  count = jax.process_count() if process_count is None else process_count
+  num_batches = -(-len(source) // global_batch)
+  padded = grain.MapDataset.source(PaddedEvalSource(source, num_batches * global_batch))
+  dataset = (_process_shard(padded, process_index, count)
+             .map(transforms.EvalPad(tuple(data_config.eval_size), data_config.image_pad_value))
+             .batch(global_batch // count, drop_remainder=True).to_iter_dataset())
+  workers = data_config.worker_count if worker_count is None else worker_count
+  return _closing(_with_workers(dataset, workers, data_config.worker_buffer_size)), num_batches
+
+
+def _closing(iterator: grain.DatasetIterator) -> Iterator[dict]:
+  """Yields every batch, then stops the iterator's worker processes."""
+  try:
+    yield from iterator
+  finally:
+    close(iterator)
+
+
+def close(iterator) -> None:
+  """Stops an iterator's worker processes (a no-op for in-process iterators)."""
+  if hasattr(iterator, 'close'):
+    iterator.close()

@@ -1,0 +1,60 @@
+"""Evaluation: a confusion matrix accumulated on device over the sharded eval split, then mIoU / mAcc / aAcc."""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import numpy as np
+from etils import epath
+
+from ctxseg_jax import experiment, metrics, parallel, reporting, steps
+from ctxseg_jax.checkpoints import Checkpointer
+from ctxseg_jax.data import datasets, pipeline
+
+
+class Evaluator:
+  """Runs whole-image evaluation of the eval split for a given set of model variables."""
+
+  def __init__(self, exp: experiment.Experiment):
+    self.exp = exp
+    config = exp.config
+    self.source = datasets.build_source(config.data, config.data.eval_split)
+    parallel.per_process_batch_size(config.eval.batch_size, exp.mesh, 'eval.batch_size')
+    step = functools.partial(steps.eval_step, model=exp.model, config=config, num_classes=exp.info.num_classes,
+                             ignore_index=exp.info.ignore_index)
+    self._step = jax.jit(step, in_shardings=(parallel.replicated(exp.mesh), parallel.batch_sharded(exp.mesh)),
+                         out_shardings=parallel.replicated(exp.mesh))
+
+  def run(self, variables: dict[str, Any]) -> dict[str, float]:
+    """Metrics in percent (see metrics.segmentation_metrics) over the whole eval split."""
+    config = self.exp.config
+    batches, _ = pipeline.eval_batches(self.source, config.data, config.eval.batch_size)
+    pixels_per_batch = config.eval.batch_size * int(np.prod(config.data.eval_size))
+    accumulator = metrics.ConfusionAccumulator(self.exp.info.num_classes)
+    for host_batch in batches:
+      accumulator.add(self._step(variables, parallel.to_global(host_batch, self.exp.mesh)), pixels_per_batch)
+    return metrics.segmentation_metrics(accumulator.result(), self.exp.info.class_names,
+                                        config.eval.miou_convention)
+
+  def report(self, step: int, results: dict[str, float], writer: reporting.MetricWriter) -> None:
+    """Prints the per-class table and records the eval scalars at `step`."""
+    reporting.console(f'Evaluation at step {step} on {self.exp.info.name}/{self.exp.config.data.eval_split} '
+                      f'({len(self.source)} images):\n'
+                      + metrics.format_table(results, self.exp.info.class_names, self.exp.config.eval.miou_convention))
+    writer.write(step, 'eval', {k: v for k, v in results.items() if not k.startswith('acc/')})
+
+
+def evaluate(config, workdir: str | epath.Path, step: int | None = None) -> dict[str, float]:
+  """Restores the latest checkpoint of `workdir` (or `step`), evaluates it and appends the results to
+  metrics.jsonl."""
+  exp = experiment.build(config)
+  checkpointer = Checkpointer(workdir, create=False)
+  restored_step, state = checkpointer.restore(exp.abstract_state(), step=step)
+  checkpointer.close()
+  evaluator = Evaluator(exp)
+  results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
+  writer = reporting.MetricWriter(workdir)
+  evaluator.report(restored_step, results, writer)
+  writer.close()
+  return results

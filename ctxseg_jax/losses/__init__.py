@@ -1,0 +1,30 @@
+"""Losses over a model's named outputs: each term picks the outputs it needs (DESIGN.md principle 2)."""
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from ctxseg_jax.losses.cross_entropy import pixel_cross_entropy
+from ctxseg_jax.models.layers.resize import resize_bilinear
+
+
+def segmentation_loss(outputs: dict[str, jax.Array], labels: jax.Array, loss_config: ml_collections.ConfigDict,
+                      ignore_index: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Total training loss and its weighted terms.
+
+  Args:
+    outputs: the model's named outputs; 'logits' (B, h, w, K) and optionally 'aux_logits', at feature resolution.
+      They are resized bilinearly (align_corners False) to the label size before the loss, as mmseg does.
+    labels: int (B, H, W).
+  Returns:
+    (total, terms) where terms maps 'loss_ce', 'loss_aux', ... to their weighted values.
+  """
+  size = labels.shape[1:3]
+
+  def ce(logits):
+    return pixel_cross_entropy(resize_bilinear(logits, size), labels, ignore_index, loss_config.ce_reduction)
+
+  terms = {'loss_ce': ce(outputs['logits'])}
+  if 'aux_logits' in outputs and loss_config.aux_weight > 0:
+    terms['loss_aux'] = loss_config.aux_weight * ce(outputs['aux_logits'])
+  return sum(terms.values()), terms

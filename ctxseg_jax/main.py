@@ -1,0 +1,93 @@
+"""Command line: python -m ctxseg_jax.main --config configs/demo.py [--workdir DIR] [--mode MODE].
+
+Modes: train (default; resumes from <workdir>/checkpoints when present), eval (latest checkpoint or --step),
+summary (parameter counts and FLOPs, no data needed), check_data (decode and verify every sample).
+Config values are overridden on the command line, e.g. --config.train.steps=100 --config.data.root=/data/x.
+Run the same command on every host of a multi-host slice.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py), optionally '
+                                          'followed by ":arg" for get_config(arg).', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (local or gs://); default runs/<config name>.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'summary', 'check_data'], 'What to do.')
+_STEP = flags.DEFINE_integer('step', None, 'With --mode eval: the checkpoint step (default: the latest).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0 '
+                                   '(auto-detected on Cloud TPU VMs and SLURM).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: index of this process.')
+
+
+def config_name() -> str:
+  """The config file's stem, e.g. 'demo' for configs/demo.py[:arg]."""
+  filename = config_flags.get_config_filename(flags.FLAGS['config'])
+  return pathlib.Path(filename.split(':')[0]).stem
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing that turns config override and config file errors into one clear line and exit code 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = e.args[0] if e.args else str(e)
+    message = str(message).strip('\'"').replace('\\n', '\n').replace("\\'", "'")
+    overrides = [a for a in argv[1:] if a.startswith('--config.')]
+    _fail(f'cannot apply the config overrides {overrides}: {message}' if overrides else f'bad config: {message}')
+
+
+def _fail(message: str):
+  print(f'Error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f'unexpected arguments {argv[1:]}; config values are set as --config.KEY=VALUE')
+  config = _CONFIG.value
+  if config is None:
+    _fail('--config is required, e.g. --config configs/demo.py')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, grain) drown the progress lines
+  # Imported after flag parsing so that `--help` and flag errors are instant.
+  from ctxseg_jax import config as config_lib, experiment, parallel
+  from ctxseg_jax.checkpoints import CheckpointMismatchError
+  from ctxseg_jax.data.datasets.base import DataError
+  from ctxseg_jax.train import NonFiniteLossError
+
+  parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if config.name == 'base':
+    with config.unlocked():
+      config.name = config_name()
+  workdir = _WORKDIR.value or f'runs/{config_name()}'
+  try:
+    experiment.validate_config(config)
+    if _MODE.value == 'train':
+      from ctxseg_jax import train
+      train.train(config, workdir)
+    elif _MODE.value == 'eval':
+      from ctxseg_jax import evaluate
+      evaluate.evaluate(config, workdir, step=_STEP.value)
+    elif _MODE.value == 'summary':
+      from ctxseg_jax import summary
+      summary.summarize(config, workdir)
+    elif _MODE.value == 'check_data':
+      from ctxseg_jax import check_data
+      if check_data.check_data(config):
+        sys.exit(1)
+  except config_lib.ConfigError as e:
+    _fail(str(e))
+  except (DataError, FileNotFoundError, CheckpointMismatchError, NonFiniteLossError) as e:
+    print(f'Error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,76 @@
+"""mmseg FCNHead: 3x3 ConvModules, optional concat with the input, dropout, 1x1 classifier."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ctxseg_jax.models.layers.conv import ConvBNReLU, conv2d
+
+Dtype = Any
+DROPOUT_MODES = ('channel', 'element')
+
+
+def classifier_dropout(rate: float, mode: str, *, train: bool, name: str = 'dropout') -> nn.Dropout | None:
+  """The dropout before a segmentation classifier, or None when `rate` is 0.
+
+  'channel' drops whole feature maps (PyTorch Dropout2d, mmseg); 'element' drops single activations
+  (PyTorch Dropout, PyTorch-Encoding). Needs the 'dropout' rng when `train` is True.
+  """
+  if mode not in DROPOUT_MODES:
+    raise ValueError(f'dropout mode {mode!r} is not supported; choose one of {list(DROPOUT_MODES)}')
+  if rate <= 0:
+    return None
+  return nn.Dropout(rate, broadcast_dims=(1, 2) if mode == 'channel' else (), deterministic=not train, name=name)
+
+
+def conv_seg(num_classes: int, *, dtype: Dtype = jnp.float32, name: str = 'conv_seg') -> nn.Conv:
+  """mmseg's 1x1 classifier: conv with bias, weight N(0, 0.01), bias 0."""
+  return conv2d(num_classes, 1, use_bias=True, dtype=dtype, kernel_init=nn.initializers.normal(0.01), name=name)
+
+
+class FCNHead(nn.Module):
+  """Fully convolutional segmentation head (mmseg FCNHead, also PyTorch-Encoding's FCNHead).
+
+  Layers: `num_convs` ConvBNReLU (in -> channels, then channels -> channels); if `concat_input`, concat
+  [input, convs output] on channels and one more ConvBNReLU -> channels; dropout; `conv_seg` 1x1 ->
+  num_classes. Parameter names follow mmseg: convs_0, convs_1, conv_cat, conv_seg.
+
+  Attributes:
+    num_classes: K.
+    channels: width of the hidden convs.
+    num_convs: number of hidden convs; 0 feeds the input straight to the classifier (mmseg then requires the
+      input to have `channels` channels, and so does this head).
+    concat_input: concat the input with the hidden convs' output and fuse with one more conv.
+    kernel_size: kernel of the hidden convs and of the fusion conv (3 in FCN; OCRNet's auxiliary FCN uses 1).
+    dropout: dropout rate before the classifier; 0 disables it.
+    dropout_mode: 'channel' (Dropout2d) or 'element' (Dropout).
+    dtype: compute dtype.
+  """
+  num_classes: int
+  channels: int = 512
+  num_convs: int = 2
+  concat_input: bool = True
+  kernel_size: int = 3
+  dropout: float = 0.1
+  dropout_mode: str = 'channel'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """(B, h, w, C_in) features -> (B, h, w, num_classes) float32 logits."""
+    if self.num_convs == 0 and x.shape[-1] != self.channels:
+      raise ValueError(f'FCNHead with num_convs=0 passes its input to the classifier, so the input channels '
+                       f'({x.shape[-1]}) must equal channels ({self.channels})')
+    y = x
+    for i in range(self.num_convs):
+      y = ConvBNReLU(self.channels, self.kernel_size, dtype=self.dtype, name=f'convs_{i}')(y, train=train)
+    if self.concat_input:
+      y = jnp.concatenate([x.astype(y.dtype), y], axis=-1)
+      y = ConvBNReLU(self.channels, self.kernel_size, dtype=self.dtype, name='conv_cat')(y, train=train)
+    dropout = classifier_dropout(self.dropout, self.dropout_mode, train=train)
+    if dropout is not None:
+      y = dropout(y)
+    return conv_seg(self.num_classes, dtype=self.dtype)(y).astype(jnp.float32)

@@ -1,0 +1,108 @@
+"""Convolution and BatchNorm with PyTorch semantics, and the ConvModule (conv -> BN -> ReLU) block.
+
+Layouts are NHWC with HWIO kernels. Parameters are float32; `dtype` sets the compute dtype.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+# Kaiming normal, fan_out, ReLU gain: std = sqrt(2 / (k * k * out_channels)), untruncated. This is mmcv's
+# kaiming_init as used by mmseg ConvModule and ResNet, and PyTorch-Encoding's ResNet conv init.
+KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# PyTorch BatchNorm2d defaults: momentum 0.1 on the new statistic == Flax momentum 0.9 on the running one.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def torch_padding(kernel_size: int, dilation: int = 1) -> int:
+  """The symmetric padding that keeps a stride-1 conv size-preserving: dilation * (kernel_size - 1) // 2."""
+  return dilation * (kernel_size - 1) // 2
+
+
+def conv2d(features: int,
+           kernel_size: int,
+           *,
+           stride: int = 1,
+           dilation: int = 1,
+           use_bias: bool = False,
+           dtype: Dtype = jnp.float32,
+           kernel_init: Initializer = KAIMING_FAN_OUT,
+           bias_init: Initializer = nn.initializers.zeros,
+           name: str | None = None) -> nn.Conv:
+  """A square `nn.Conv` padded like PyTorch `Conv2d(padding=dilation * (k - 1) // 2)`.
+
+  The padding is explicit and symmetric. XLA 'SAME' would pad (0, 1) instead of (1, 1) for a stride-2 3x3 conv
+  on an even input, shifting every output by one pixel relative to PyTorch.
+
+  Call it inside a parent's `@nn.compact` method; it maps (B, H, W, C_in) to
+  (B, floor((H + 2p - dilation * (k - 1) - 1) / stride) + 1, ..., features).
+  """
+  pad = torch_padding(kernel_size, dilation)
+  return nn.Conv(
+      features,
+      (kernel_size, kernel_size),
+      strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)),
+      kernel_dilation=(dilation, dilation),
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=kernel_init,
+      bias_init=bias_init,
+      name=name)
+
+
+def batch_norm(*,
+               train: bool,
+               dtype: Dtype = jnp.float32,
+               scale_init: Initializer = nn.initializers.ones,
+               name: str | None = None) -> nn.BatchNorm:
+  """BatchNorm over the channel (last) axis with PyTorch defaults: momentum 0.1, eps 1e-5, scale 1, bias 0.
+
+  In training mode the statistics are those of the whole (global) batch seen by the jitted computation, which
+  is SyncBN when the batch is sharded over devices. Statistics are reduced in float32 whatever `dtype` is.
+  """
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=BN_MOMENTUM,
+      epsilon=BN_EPSILON,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      scale_init=scale_init,
+      bias_init=nn.initializers.zeros,
+      name=name)
+
+
+class ConvBNReLU(nn.Module):
+  """mmcv ConvModule: bias-free conv, BatchNorm, then ReLU (unless `activate` is False).
+
+  Attributes:
+    features: output channels.
+    kernel_size: square kernel size; padding is dilation * (kernel_size - 1) // 2 on each side.
+    stride: conv stride.
+    dilation: conv dilation.
+    activate: apply ReLU after BN.
+    dtype: compute dtype.
+  """
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  dilation: int = 1
+  activate: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """(B, H, W, C_in) -> (B, H', W', features) in `dtype`."""
+    x = conv2d(self.features, self.kernel_size, stride=self.stride, dilation=self.dilation,
+               dtype=self.dtype, name='conv')(x)
+    x = batch_norm(train=train, dtype=self.dtype, name='bn')(x)
+    return nn.relu(x) if self.activate else x

@@ -1,0 +1,82 @@
+"""Bilinear resizing with PyTorch `F.interpolate(mode='bilinear')` semantics for NHWC arrays.
+
+Both corner conventions are supported, because the references disagree (numerics.md, checklist item 12):
+mmseg and PaddleSeg use `align_corners=False`, HRNet-OCR, PyTorch-Encoding and ContrastiveSeg use `True`.
+
+The resize is separable, so each spatial axis is resampled by a dense (out, in) interpolation matrix built on
+the host with PyTorch's index formulas and applied as a matmul. Matrices are small (at most a few MB for
+Cityscapes-sized outputs) and matmuls map well onto accelerators, unlike per-pixel gathers.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.lru_cache(maxsize=256)
+def interpolation_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+  """Returns the (out_size, in_size) float32 matrix of 1-D linear interpolation weights.
+
+  Source coordinates follow PyTorch's upsample_bilinear2d for an explicit output size, computed in float32
+  as PyTorch does for float inputs:
+    align_corners=False: src = max(0, (dst + 0.5) * in / out - 0.5)   (no antialiasing when downsampling)
+    align_corners=True:  src = dst * (in - 1) / (out - 1)             (0 when out == 1)
+  Each row holds weight (1 - frac) at floor(src) and frac at floor(src) + 1, clamped to the last input index.
+  """
+  if in_size < 1 or out_size < 1:
+    raise ValueError(f'sizes must be positive, got in_size={in_size}, out_size={out_size}')
+  dst = np.arange(out_size, dtype=np.float32)
+  if align_corners:
+    scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0)
+    src = dst * scale
+  else:
+    scale = np.float32(in_size / out_size)
+    src = np.maximum((dst + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0))
+  lo = np.minimum(src.astype(np.int64), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = (src - lo.astype(np.float32)).astype(np.float32)
+  matrix = np.zeros((out_size, in_size), np.float32)
+  rows = np.arange(out_size)
+  np.add.at(matrix, (rows, lo), np.float32(1) - frac)
+  np.add.at(matrix, (rows, hi), frac)
+  return matrix
+
+
+def _resample_axis(x: jax.Array, axis: int, out_size: int, align_corners: bool) -> jax.Array:
+  """Resamples one spatial axis (1 = H, 2 = W) of an NHWC array to `out_size`."""
+  in_size = x.shape[axis]
+  if in_size == out_size:  # both conventions reduce to the identity
+    return x
+  matrix = jnp.asarray(interpolation_matrix(in_size, out_size, align_corners), dtype=x.dtype)
+  spec = 'oh,bhwc->bowc' if axis == 1 else 'ow,bhwc->bhoc'
+  # HIGHEST keeps float32 matmuls exact on accelerators that would otherwise round operands to bf16/TF32.
+  return jnp.einsum(spec, matrix, x, precision=jax.lax.Precision.HIGHEST)
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = False) -> jax.Array:
+  """Bilinearly resizes NHWC `x` to spatial `size`, like PyTorch `F.interpolate(x, size, mode='bilinear')`.
+
+  Args:
+    x: (B, H, W, C) floating array.
+    size: (out_H, out_W).
+    align_corners: PyTorch's flag; False is the half-pixel convention (equal to
+      `jax.image.resize(..., 'linear', antialias=False)`), True maps corner pixels onto corner pixels.
+
+  Returns:
+    (B, out_H, out_W, C) array with the dtype of `x`. Low-precision inputs are interpolated in float32.
+  """
+  if x.ndim != 4:
+    raise ValueError(f'resize_bilinear expects a (B, H, W, C) array, got shape {x.shape}')
+  out_h, out_w = (int(s) for s in size)
+  dtype = x.dtype
+  y = x.astype(jnp.promote_types(dtype, jnp.float32))
+  # Resample the axis that shrinks the intermediate the most first.
+  if out_h * x.shape[2] <= x.shape[1] * out_w:
+    y = _resample_axis(_resample_axis(y, 1, out_h, align_corners), 2, out_w, align_corners)
+  else:
+    y = _resample_axis(_resample_axis(y, 2, out_w, align_corners), 1, out_h, align_corners)
+  return y.astype(dtype)

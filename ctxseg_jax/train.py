@@ -1,0 +1,174 @@
+"""train(config, workdir): restore-or-init, then the jitted step in a loop with logging, eval and checkpoints.
+
+Resuming is exact: the train state, the data iterator position and the step come back from the latest checkpoint,
+and the dropout key of step t is fold_in(key(seed), t), so an interrupted run ends where an uninterrupted one does.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import signal
+import threading
+import time
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+
+from ctxseg_jax import experiment, optim, parallel, reporting, steps
+from ctxseg_jax.checkpoints import Checkpointer
+from ctxseg_jax.config import ConfigError
+from ctxseg_jax.data import datasets, pipeline
+from ctxseg_jax.evaluate import Evaluator
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss became NaN or infinite; no checkpoint was written after the last finite step."""
+
+
+class _Preemption:
+  """Notices SIGTERM (a preempted TPU VM) so the loop can save at the current step and exit cleanly."""
+
+  def __init__(self):
+    self.requested = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def reached(self, checkpointer: Checkpointer, step: int) -> bool:
+    if jax.process_count() > 1:  # every host must agree on the step: use the coordination service
+      return checkpointer.reached_preemption(step)
+    return self.requested.is_set()
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
+          devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
+  """Trains to config.train.steps (or until SIGTERM) and returns the last eval metrics ({} if preempted)."""
+  exp = experiment.build(config, devices)
+  mesh, total_steps = exp.mesh, config.train.steps
+  per_process_batch = parallel.per_process_batch_size(config.train.batch_size, mesh, 'train.batch_size')
+  source = datasets.build_source(config.data, config.data.train_split)
+  data_iter = pipeline.train_iterator(source, config.data, per_process_batch, config.seed)
+  evaluator = Evaluator(exp)
+  checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+
+  if checkpointer.latest_step() is not None:
+    _check_resumable(checkpointer, config)
+    start_step, state = checkpointer.restore(exp.abstract_state(), data_iter)
+    reporting.console(f'Resumed from step {start_step} ({checkpointer.directory})')
+  else:
+    start_step, state = 0, exp.init_state()
+  writer = reporting.MetricWriter(workdir, resume_step=start_step if start_step else None)
+  reporting.console(f'{config.name}: {exp.info.name} ({len(source)} train images, {exp.info.num_classes} classes), '
+                    f'{sum(x.size for x in jax.tree.leaves(state.params)):,} parameters, {mesh.devices.size} '
+                    f'device(s) on {jax.process_count()} process(es), global batch {config.train.batch_size}, '
+                    f'{total_steps} steps')
+
+  step_fn = functools.partial(steps.train_step, model=exp.model, optimizer=exp.optimizer, config=config,
+                              ignore_index=exp.info.ignore_index)
+  jit_step = jax.jit(step_fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                     out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
+  schedule = optim.poly_schedule(config.optim, total_steps)
+  eval_every, checkpoint_every = config.train.eval_every, config.train.checkpoint_every
+
+  pending = []  # (step, device metrics) not yet fetched and checked for finiteness
+  window = []   # fetched metrics of the steps since the last log line
+  window_start, window_steps = time.time(), 0
+  results = {}
+
+  def fetch_pending() -> None:
+    """Moves pending step metrics to `window`; raises NonFiniteLossError before anything non-finite is saved."""
+    nonlocal pending
+    for (pending_step, _), values in zip(pending, jax.device_get([m for _, m in pending])):
+      values = {k: float(v) for k, v in values.items()}
+      if not all(math.isfinite(v) for v in values.values()):
+        checkpointer.wait()
+        last = checkpointer.latest_step()
+        raise NonFiniteLossError(
+            f'non-finite loss at step {pending_step} ({", ".join(f"{k}={v}" for k, v in values.items())}). '
+            f'Stopped without saving; the last good checkpoint is {"none" if last is None else f"step {last}"} '
+            f'in {checkpointer.directory}. Try a lower --config.optim.lr or a warmup (--config.optim.warmup_steps).')
+      window.append(values)
+    pending = []
+
+  if start_step >= total_steps:
+    reporting.console(f'Already trained to step {start_step}; evaluate it with --mode eval.')
+  step = last_saved = start_step
+  try:
+    with _Preemption() as preemption:
+      while step < total_steps:
+        if preemption.reached(checkpointer, step):
+          fetch_pending()
+          if step != last_saved:
+            checkpointer.save(step, state, data_iter, config)
+          checkpointer.wait()
+          reporting.console(f'Preempted (SIGTERM): saved step {step} to {checkpointer.directory}; exiting.')
+          return {}
+        batch = parallel.to_global(next(data_iter), mesh)
+        if step == start_step:
+          compile_start = time.time()
+          state, step_metrics = jit_step(state, batch)
+          jax.block_until_ready(step_metrics)
+          reporting.console(f'Compiled and ran step {step + 1} in {time.time() - compile_start:.1f}s')
+          window_start = time.time()
+        else:
+          state, step_metrics = jit_step(state, batch)
+          window_steps += 1
+        step += 1
+        pending.append((step, step_metrics))
+
+        is_last = step == total_steps
+        do_eval = is_last or (eval_every and step % eval_every == 0)
+        do_log = is_last or step % config.train.log_every == 0
+        do_save = do_eval or step % checkpoint_every == 0
+        if do_log or do_save:
+          fetch_pending()
+        if do_log:
+          elapsed = time.time() - window_start
+          images_per_s = window_steps * config.train.batch_size / elapsed if window_steps and elapsed > 0 else 0.0
+          means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+          lr = float(schedule(step - 1))
+          eta = (total_steps - step) * elapsed / window_steps if window_steps else float('nan')
+          reporting.console(f'step {step}/{total_steps}  loss {means["loss"]:.4f}  lr {lr:.3g}  '
+                            f'{images_per_s:.1f} img/s  ETA {_duration(eta)}')
+          writer.write(step, 'train', {**means, 'lr': lr, 'images_per_s': images_per_s})
+          window, window_start, window_steps = [], time.time(), 0
+        if do_eval:
+          results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
+          evaluator.report(step, results, writer)
+          window_start = time.time()
+        if do_save:
+          checkpointer.save(step, state, data_iter, config, metrics={'miou': results['miou']} if do_eval else None)
+          last_saved = step
+  finally:
+    pipeline.close(data_iter)
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+  return results
+
+
+def _check_resumable(checkpointer: Checkpointer, config: ml_collections.ConfigDict) -> None:
+  """The data iterator's saved state only fits a pipeline with the same number of worker processes."""
+  saved = checkpointer.saved_config(checkpointer.latest_step())
+  saved_workers = saved.get('data', {}).get('worker_count')
+  if saved_workers is not None and saved_workers != config.data.worker_count:
+    raise ConfigError(f'the checkpoint in {checkpointer.directory} was written with config.data.worker_count='
+                      f'{saved_workers}; resume with --config.data.worker_count={saved_workers} (the data iterator '
+                      f'state depends on it)')
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'

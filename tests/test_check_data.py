@@ -1,0 +1,53 @@
+"""--mode check_data names every defective file, and passes clean data."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from ctxseg_jax.check_data import check_data
+from ctxseg_jax.data import export
+from tests.tiny_config import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _folder_config(root):
+  config = get_config()
+  config.data.name = 'folder'
+  config.data.root = str(root)
+  return config
+
+
+def _exported(tmp_path):
+  export.export(get_config(), tmp_path, ['train', 'val'])
+  return tmp_path
+
+
+def test_clean_synthetic_and_exported_data_pass(tmp_path, capsys):
+  assert check_data(get_config()) == []
+  assert check_data(_folder_config(_exported(tmp_path))) == []
+  out = capsys.readouterr().out
+  assert 'Class frequencies in synthetic_context/train' in out and 'No problems found.' in out
+
+
+def test_each_corrupted_file_is_named(tmp_path):
+  root = _exported(tmp_path)
+  truncated = root / 'images' / 'train' / sorted(os.listdir(root / 'images' / 'train'))[3]
+  truncated.write_bytes(truncated.read_bytes()[:200])
+  bad_label = root / 'labels' / 'val' / sorted(os.listdir(root / 'labels' / 'val'))[1]
+  label = np.array(Image.open(bad_label))
+  label[0, 0] = 42
+  Image.fromarray(label).save(bad_label)
+  problems = check_data(_folder_config(root))
+  assert len(problems) == 2
+  assert str(truncated) in problems[0]
+  assert str(bad_label) in problems[1] and '[42]' in problems[1] and '0..7' in problems[1]
+
+  result = subprocess.run(
+      [sys.executable, '-m', 'ctxseg_jax.main', '--config', 'tests/tiny_config.py', '--mode', 'check_data',
+       '--config.data.name=folder', f'--config.data.root={root}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, 'XLA_FLAGS': ''})
+  assert result.returncode == 1
+  assert str(truncated) in result.stdout and str(bad_label) in result.stdout

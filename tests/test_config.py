@@ -1,0 +1,69 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ctxseg_jax import config as config_lib
+from ctxseg_jax import experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(path):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('cfg', os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('path', ['configs/demo.py'])
+def test_shipped_configs_validate(path):
+  experiment.validate_config(_load(path))
+
+
+def test_typo_in_config_file_names_the_key():
+  config = config_lib.base_config()
+  with pytest.raises(AttributeError, match='stpes'):
+    config.train.stpes = 3
+
+
+@pytest.mark.parametrize('key, value, fragment', [
+    ('model.backbone.stem', 'v1d', "config.model.backbone.stem='v1d' is not valid"),
+    ('loss.ce_reduction', 'mean', "choose one of ['valid', 'all']"),
+    ('train.steps', 0, 'config.train.steps=0 must be > 0'),
+    ('data.crop_size', (64,), 'config.data.crop_size=(64,) must be a pair'),
+    ('model.dtype', 'float16', "did you mean 'bfloat16'"),
+    ('data.name', 'cityscape', "choose one of ["),
+])
+def test_invalid_values_name_key_and_valid_choices(key, value, fragment):
+  config = config_lib.base_config()
+  section, leaf = key.rsplit('.', 1)
+  config_lib.get(config, section)[leaf] = value
+  with pytest.raises(config_lib.ConfigError) as error:
+    experiment.validate_config(config)
+  assert fragment in str(error.value)
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, '-m', 'ctxseg_jax.main', *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_cli_rejects_unknown_override_with_suggestion():
+  result = _cli('--config', 'configs/demo.py', '--config.train.stepz=3', '--mode', 'summary')
+  assert result.returncode == 2
+  assert 'stepz' in result.stderr and 'Did you mean "steps"' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_cli_rejects_invalid_value_before_running():
+  result = _cli('--config', 'configs/demo.py', '--config.optim.momentum=1.5', '--mode', 'summary')
+  assert result.returncode == 2
+  assert 'config.optim.momentum=1.5 must be in [0, 1)' in result.stderr
+
+
+def test_cli_rejects_mistyped_value():
+  result = _cli('--config', 'configs/demo.py', '--config.train.steps=abc')
+  assert result.returncode != 0 and 'train.steps' in result.stderr and 'Traceback' not in result.stderr

@@ -1,0 +1,343 @@
+"""Tests of the model zoo: layers (resize, conv), dilated ResNet, FCN head, segmentor and registry.
+
+Full-size models are only traced abstractly (jax.eval_shape); real computation uses tiny models.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctxseg_jax import config as config_lib
+from ctxseg_jax.models import MODELS, build_model
+from ctxseg_jax.models.backbones.resnet import Bottleneck, ResNet, block_plan
+from ctxseg_jax.models.heads.fcn import FCNHead, classifier_dropout
+from ctxseg_jax.models.layers.conv import ConvBNReLU, conv2d
+from ctxseg_jax.models.layers.resize import resize_bilinear
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+def _abstract_variables(module: nn.Module, shape=(1, 64, 64, 3), train: bool = False):
+  """Variable shapes of `module` without allocating them."""
+  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
+  return jax.eval_shape(lambda: module.init(rngs, jnp.zeros(shape, jnp.float32), train=train))
+
+
+def _key(seed: int) -> jax.Array:
+  # Same distributions as the default threefry keys, but XLA's RngBitGenerator compiles much faster on CPU.
+  return jax.random.key(seed, impl='rbg')
+
+
+def _init(module: nn.Module, shape, train: bool = False, seed: int = 0):
+  """Jitted init of real parameter values."""
+  rngs = {'params': _key(seed), 'dropout': _key(seed + 1)}
+  return jax.jit(lambda x: module.init(rngs, x, train=train))(jnp.zeros(shape, jnp.float32))
+
+
+def _tiny_model_config(dtype: str = 'float32'):
+  c = config_lib.base_config().model
+  c.dtype = dtype
+  c.backbone.depth = 18
+  c.backbone.base_width = 8
+  c.head.channels = 16
+  c.aux_head.channels = 8
+  return c
+
+
+# ----------------------------------------------------------------------------------------------- resize
+
+def _torch_bilinear_reference(x: np.ndarray, size, align_corners: bool) -> np.ndarray:
+  """PyTorch's upsample_bilinear2d (explicit output size), written per output pixel from its formulas."""
+  _, in_h, in_w, _ = x.shape
+  out_h, out_w = size
+
+  def source(in_size, out_size, dst):
+    if align_corners:
+      scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0)
+      return np.float32(scale * np.float32(dst))
+    scale = np.float32(in_size / out_size)
+    return max(np.float32(0), np.float32(scale * np.float32(dst + 0.5) - np.float32(0.5)))
+
+  out = np.zeros((x.shape[0], out_h, out_w, x.shape[3]), np.float64)
+  for i in range(out_h):
+    h = source(in_h, out_h, i)
+    h0 = int(h)
+    h1 = h0 + (1 if h0 < in_h - 1 else 0)
+    lh1 = h - h0
+    lh0 = 1 - lh1
+    for j in range(out_w):
+      w = source(in_w, out_w, j)
+      w0 = int(w)
+      w1 = w0 + (1 if w0 < in_w - 1 else 0)
+      lw1 = w - w0
+      lw0 = 1 - lw1
+      out[:, i, j] = (lh0 * (lw0 * x[:, h0, w0] + lw1 * x[:, h0, w1]) +
+                      lh1 * (lw0 * x[:, h1, w0] + lw1 * x[:, h1, w1]))
+  return out
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+@pytest.mark.parametrize('size', [(29, 41), (7, 5), (13, 40), (4, 17), (1, 1), (26, 34)])
+def test_resize_bilinear_matches_pytorch_formulas(size, align_corners):
+  # Input 13x17: up by non-integer factors, down by non-integer factors, mixed, to 1x1, and exactly x2.
+  x = np.random.default_rng(0).normal(size=(2, 13, 17, 3)).astype(np.float32)
+  got = resize_bilinear(jnp.asarray(x), size, align_corners=align_corners)
+  assert got.shape == (2, *size, 3) and got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), _torch_bilinear_reference(x, size, align_corners), atol=2e-6)
+
+
+def test_resize_bilinear_half_pixel_equals_jax_image_resize_without_antialias():
+  x = jax.random.normal(jax.random.key(0), (1, 13, 17, 2))
+  for size in [(29, 41), (7, 5)]:
+    expected = jax.image.resize(x, (1, *size, 2), 'linear', antialias=False)
+    np.testing.assert_allclose(resize_bilinear(x, size), expected, atol=1e-6)
+
+
+def test_resize_bilinear_keeps_dtype_and_identity():
+  x = jax.random.normal(jax.random.key(0), (1, 6, 8, 2))
+  for align_corners in (False, True):
+    np.testing.assert_array_equal(resize_bilinear(x, (6, 8), align_corners=align_corners), x)
+  y = resize_bilinear(x.astype(jnp.bfloat16), (12, 16))
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y.astype(jnp.float32), resize_bilinear(x, (12, 16)), atol=5e-2)
+  # align_corners=True keeps the corner pixels.
+  z = resize_bilinear(x, (11, 3), align_corners=True)
+  np.testing.assert_allclose(z[:, [0, 0, -1, -1], [0, -1, 0, -1]], x[:, [0, 0, -1, -1], [0, -1, 0, -1]], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------- conv
+
+def test_conv2d_pads_symmetrically_like_pytorch():
+  # A centre-tap 3x3 stride-2 conv: PyTorch (padding 1) samples even pixels; XLA 'SAME' would sample odd ones.
+  kernel = np.zeros((3, 3, 1, 1), np.float32)
+  kernel[1, 1] = 1
+  x = jnp.arange(64, dtype=jnp.float32).reshape(1, 8, 8, 1)
+  conv = conv2d(1, 3, stride=2)
+  y = conv.apply({'params': {'kernel': jnp.asarray(kernel)}}, x)
+  np.testing.assert_array_equal(y, x[:, ::2, ::2])
+  # Dilated stride-1 conv keeps the size (padding = dilation).
+  y = conv2d(4, 3, dilation=3).init_with_output(jax.random.key(0), jnp.zeros((1, 9, 7, 2)))[0]
+  assert y.shape == (1, 9, 7, 4)
+
+
+def test_init_statistics():
+  variables = ConvBNReLU(256, 3).init(_key(0), jnp.zeros((1, 8, 8, 128)), train=False)
+  kernel = variables['params']['conv']['kernel']
+  assert kernel.dtype == jnp.float32
+  # Kaiming normal, fan_out = 3 * 3 * 256, untruncated (max |w| well beyond 2 std among 295k samples).
+  std = np.sqrt(2.0 / (3 * 3 * 256))
+  assert abs(float(kernel.std()) / std - 1) < 0.01
+  assert float(jnp.abs(kernel).max()) > 3.5 * std
+  np.testing.assert_array_equal(variables['params']['bn']['scale'], 1)
+  np.testing.assert_array_equal(variables['params']['bn']['bias'], 0)
+  head = FCNHead(num_classes=64, channels=512, num_convs=0, concat_input=False)
+  params = head.init(_key(0), jnp.zeros((1, 4, 4, 512)), train=False)['params']
+  assert abs(float(params['conv_seg']['kernel'].std()) - 0.01) < 5e-4
+  np.testing.assert_array_equal(params['conv_seg']['bias'], 0)
+
+
+# ----------------------------------------------------------------------------------------------- ResNet
+
+# torchvision resnet18/50/101 parameter counts minus the fc layer (512*1000+1000 or 2048*1000+1000).
+TORCHVISION_COUNTS = {18: 11_689_512 - 513_000, 50: 25_557_032 - 2_049_000, 101: 44_549_160 - 2_049_000}
+
+
+@pytest.mark.parametrize('depth', [18, 50, 101])
+def test_resnet_param_count_matches_torchvision(depth):
+  variables = _abstract_variables(ResNet(depth=depth, stem='pytorch'))
+  assert _count(variables['params']) == TORCHVISION_COUNTS[depth] == {
+      18: 11_176_512, 50: 23_508_032, 101: 42_500_160}[depth]
+
+
+def _stem_delta(stem: str, depth: int) -> int:
+  """Parameter difference of a deep stem against the 7x7 'pytorch' stem (conv 7*7*3*64, BN 2*64), w = 64."""
+  conv7 = 7 * 7 * 3 * 64
+  if stem == 'v1c':
+    # 3x3 convs 3->32, 32->32, 32->64 and BNs of 32, 32, 64 (the 64-channel BN replaces the pytorch stem's BN).
+    return -conv7 + 9 * (3 * 32 + 32 * 32 + 32 * 64) + 2 * (32 + 32)
+  # 's': 3x3 convs 3->64, 64->64, 64->128, BNs of 64, 64, 128 (the 128-channel BN replaces the 64-channel one).
+  delta = -conv7 + 9 * (3 * 64 + 64 * 64 + 64 * 128) + 2 * (64 + 64 + 128 - 64)
+  # Stage 1 then reads 128 channels instead of 64.
+  if depth < 50:
+    # BasicBlock layer1_0: conv1 3x3 grows by 9*64*64, and a 1x1 128->64 projection + BN appears.
+    return delta + 9 * 64 * 64 + (128 * 64 + 2 * 64)
+  # Bottleneck layer1_0: conv1 1x1 grows by 64*64, projection 1x1 grows by 64*256.
+  return delta + 64 * 64 + 64 * 256
+
+
+@pytest.mark.parametrize('stem', ['v1c', 's'])
+@pytest.mark.parametrize('depth', [18, 50])
+def test_deep_stem_param_counts(stem, depth):
+  variables = _abstract_variables(ResNet(depth=depth, stem=stem))
+  assert _count(variables['params']) == TORCHVISION_COUNTS[depth] + _stem_delta(stem, depth)
+
+
+def test_stem_delta_arithmetic():
+  assert _stem_delta('v1c', 50) == _stem_delta('v1c', 18) == 19_232  # ResNet50-V1c: 23,527,264
+  assert _stem_delta('s', 50) == 123_776  # ResNet-50s: 23,631,808
+  assert _stem_delta('s', 18) == 148_480
+
+
+@pytest.mark.parametrize('output_stride, spatial', [
+    (8, (128, 64, 64, 64)), (16, (128, 64, 32, 32)), (32, (128, 64, 32, 16))])
+def test_resnet101_output_shapes(output_stride, spatial):
+  model = ResNet(depth=101, stem='v1c', output_stride=output_stride)
+  x = jax.ShapeDtypeStruct((2, 512, 512, 3), jnp.float32)
+  variables = _abstract_variables(ResNet(depth=101, stem='v1c'))  # parameters do not depend on the stride
+  outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  assert [o.shape for o in outputs] == [(2, s, s, c) for s, c in zip(spatial, (256, 512, 1024, 2048))]
+
+
+def test_block_plan():
+  r50 = block_plan(50, 8, contract_dilation=True)
+  assert [len(stage) for stage in r50] == [3, 4, 6, 3]
+  assert r50[0] == ((1, 1),) * 3
+  assert r50[1] == ((2, 1),) + ((1, 1),) * 3
+  assert r50[2] == ((1, 1),) + ((1, 2),) * 5
+  assert r50[3] == ((1, 2), (1, 4), (1, 4))
+  assert block_plan(50, 8, contract_dilation=False)[2:] == (((1, 2),) * 6, ((1, 4),) * 3)
+  assert block_plan(101, 16, contract_dilation=True)[2:] == (((2, 1),) + ((1, 1),) * 22, ((1, 1), (1, 2), (1, 2)))
+  assert block_plan(101, 16, contract_dilation=False)[3] == ((1, 2),) * 3
+  assert block_plan(18, 32) == (((1, 1),) * 2, ((2, 1), (1, 1)), ((2, 1), (1, 1)), ((2, 1), (1, 1)))
+  with pytest.raises(ValueError, match='depth'):
+    block_plan(42)
+  with pytest.raises(ValueError, match='output_stride'):
+    block_plan(50, 4)
+
+
+def test_zero_init_residual(tiny):
+  backbone = tiny[1]['params']['backbone']  # mmseg default: the last BN of every block starts at scale 0
+  np.testing.assert_array_equal(backbone['layer1_0']['bn2']['scale'], 0)
+  np.testing.assert_array_equal(backbone['layer1_0']['bn1']['scale'], 1)
+  np.testing.assert_array_equal(backbone['layer2_0']['downsample_bn']['scale'], 1)
+  block = Bottleneck(8, stride=2, zero_init_last=True)
+  params = block.init(_key(0), jnp.zeros((1, 8, 8, 16)), train=False)['params']
+  np.testing.assert_array_equal(params['bn3']['scale'], 0)
+  np.testing.assert_array_equal(params['bn2']['scale'], 1)
+  params = Bottleneck(8).init(_key(0), jnp.zeros((1, 8, 8, 32)), train=False)['params']
+  assert 'downsample_conv' not in params
+  np.testing.assert_array_equal(params['bn3']['scale'], 1)
+
+
+# ------------------------------------------------------------------------------------------------ heads
+
+def test_fcn_head_param_count_by_hand():
+  head = FCNHead(num_classes=5, channels=16, num_convs=2, concat_input=True)
+  params = _abstract_variables(head, (1, 8, 8, 32))['params']
+  conv_bn = lambda cin, cout: 3 * 3 * cin * cout + 2 * cout  # noqa: E731  (conv without bias, BN scale+bias)
+  expected = conv_bn(32, 16) + conv_bn(16, 16) + conv_bn(32 + 16, 16) + (16 * 5 + 5)
+  assert _count(params) == expected == 14_005
+  aux = FCNHead(num_classes=5, channels=8, num_convs=1, concat_input=False)
+  assert _count(_abstract_variables(aux, (1, 8, 8, 32))['params']) == conv_bn(32, 8) + 8 * 5 + 5
+  # mmseg fcn_r50-d8 decode head for 150 classes.
+  full = FCNHead(num_classes=150)
+  assert _count(_abstract_variables(full, (1, 8, 8, 2048))['params']) == (
+      conv_bn(2048, 512) + conv_bn(512, 512) + conv_bn(2560, 512) + 512 * 150 + 150)
+
+
+def test_fcn_head_without_convs_requires_matching_channels():
+  head = FCNHead(num_classes=3, channels=8, num_convs=0, concat_input=False, dropout=0)
+  logits = head.init_with_output(jax.random.key(0), jnp.ones((1, 4, 4, 8)), train=False)[0]
+  assert logits.shape == (1, 4, 4, 3)
+  with pytest.raises(ValueError, match='num_convs=0'):
+    head.init(jax.random.key(0), jnp.ones((1, 4, 4, 6)), train=False)
+
+
+def test_classifier_dropout_modes():
+  x = jnp.ones((2, 16, 16, 64))
+  rngs = {'dropout': _key(0)}
+  channel = classifier_dropout(0.5, 'channel', train=True).apply({}, x, rngs=rngs)
+  # Dropout2d: each (image, channel) map is all zero or all 1 / keep_prob.
+  assert np.all(channel.min(axis=(1, 2)) == channel.max(axis=(1, 2)))
+  assert 0 < float((channel == 0).mean()) < 1
+  element = classifier_dropout(0.5, 'element', train=True).apply({}, x, rngs=rngs)
+  assert np.any(element.min(axis=(1, 2)) != element.max(axis=(1, 2)))
+  np.testing.assert_array_equal(classifier_dropout(0.5, 'channel', train=False).apply({}, x), x)
+  assert classifier_dropout(0.0, 'channel', train=True) is None
+  with pytest.raises(ValueError, match='dropout mode'):
+    classifier_dropout(0.1, 'spatial', train=True)
+
+
+# -------------------------------------------------------------------------------------------- segmentor
+
+def test_registry():
+  assert 'fcn' in MODELS
+  c = _tiny_model_config()
+  c.name = 'nonexistent'
+  with pytest.raises(ValueError, match='fcn'):
+    build_model(c, 3)
+
+
+@pytest.fixture(scope='module')
+def tiny():
+  """A depth-18, width-8 FCN, its training-mode variables and a (2, 64, 64, 3) input batch."""
+  model = build_model(_tiny_model_config(), num_classes=5)
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  return model, _init(model, x.shape, train=True), x
+
+
+def test_tiny_fcn_eval_model_has_only_inference_params(tiny):
+  model, train_vars, x = tiny
+  eval_vars = _abstract_variables(model, x.shape, train=False)
+  assert set(train_vars['params']) == {'backbone', 'decode_head', 'aux_head'}
+  assert set(eval_vars['params']) == {'backbone', 'decode_head'}
+  assert _count(eval_vars['params']) < _count(train_vars['params'])
+  assert _count(eval_vars['params']) + _count(train_vars['params']['aux_head']) == _count(train_vars['params'])
+  assert set(eval_vars['batch_stats']) == {'backbone', 'decode_head'}
+
+
+def test_tiny_fcn_eval_forward(tiny):
+  model, train_vars, x = tiny
+  inference_vars = {col: {k: v for k, v in tree.items() if k != 'aux_head'} for col, tree in train_vars.items()}
+  outputs = jax.jit(lambda v, x: model.apply(v, x, train=False))(inference_vars, x)
+  assert set(outputs) == {'logits'}
+  assert outputs['logits'].shape == (2, 8, 8, 5) and outputs['logits'].dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(outputs['logits'])))
+
+
+def test_tiny_fcn_train_forward_and_gradients(tiny):
+  model, train_vars, x = tiny
+
+  def loss_fn(params):
+    out, updates = model.apply({**train_vars, 'params': params}, x, train=True,
+                               rngs={'dropout': _key(3)}, mutable=['batch_stats'])
+    return jnp.mean(out['logits'] ** 2) + 0.4 * jnp.mean(out['aux_logits'] ** 2), (out, updates)
+
+  grads, (out, updates) = jax.jit(jax.grad(loss_fn, has_aux=True))(train_vars['params'])
+  assert set(out) == {'logits', 'aux_logits'}
+  assert out['logits'].shape == out['aux_logits'].shape == (2, 8, 8, 5)
+  assert out['logits'].dtype == out['aux_logits'].dtype == jnp.float32
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  assert float(jnp.abs(grads['decode_head']['conv_seg']['kernel']).sum()) > 0
+  assert float(jnp.abs(grads['aux_head']['conv_seg']['kernel']).sum()) > 0
+  assert float(jnp.abs(grads['backbone']['stem']['conv1']['conv']['kernel']).sum()) > 0
+  # Running statistics moved away from their initial zero mean (PyTorch momentum 0.1).
+  mean = updates['batch_stats']['backbone']['stem']['conv1']['bn']['mean']
+  assert float(jnp.abs(mean).max()) > 0
+
+
+def test_tiny_fcn_bfloat16_returns_float32(tiny):
+  _, variables, x = tiny
+  model = build_model(_tiny_model_config('bfloat16'), num_classes=5)  # same parameters, bf16 compute
+  out, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs={'dropout': _key(3)},
+                                            mutable=['batch_stats']))(variables, x)
+  assert out['logits'].dtype == jnp.float32 and out['aux_logits'].dtype == jnp.float32
+  infer = lambda m: jax.jit(lambda v, x: m.apply(v, x, train=False)['logits'])  # noqa: E731
+  bf16_logits = infer(model)(variables, x)
+  f32_logits = infer(build_model(_tiny_model_config(), num_classes=5))(variables, x)
+  assert bf16_logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(bf16_logits)))
+  np.testing.assert_allclose(bf16_logits, f32_logits, atol=0.1 * float(jnp.abs(f32_logits).max()) + 1e-3)
+
+
+def test_full_size_fcn_r50_d8_shapes():
+  model = build_model(config_lib.base_config().model, num_classes=150)
+  variables = _abstract_variables(model, (2, 512, 512, 3), train=True)
+  assert 'aux_head' in variables['params']
+  x = jax.ShapeDtypeStruct((2, 512, 512, 3), jnp.float32)
+  outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  assert {k: v.shape for k, v in outputs.items()} == {'logits': (2, 64, 64, 150)}

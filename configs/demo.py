@@ -1,4 +1,5 @@
-"""Demo: an FCN on a small dilated ResNet-18, trained on the built-in synthetic context dataset (CPU friendly).
+"""Demo: EncNet (Context Encoding Module + SE-loss) on a small dilated ResNet-18, trained on the built-in synthetic
+context dataset (CPU friendly). configs/demo_fcn.py is the FCN baseline with the same data, backbone and budget.
 
 python -m ctxseg_jax.main --config configs/demo.py --workdir runs/demo
 """
@@ -18,12 +19,18 @@ def get_config():
   config.data.eval_size = (96, 96)
   config.data.worker_count = 1
 
-  config.model.name = 'fcn'
+  config.model.name = 'encnet'
   config.model.backbone.depth = 18
   config.model.backbone.stem = 'v1c'
   config.model.backbone.base_width = 16
   config.model.head.channels = 64
+  config.model.encnet.num_codes = 32
+  # Without lateral connections: on this data they cost accuracy at this budget (final mIoU 74.4 with, 76.5
+  # without; one seed each).
+  config.model.encnet.lateral = False
+  config.model.encnet.se_head = True
   config.model.aux_head.channels = 32
+  config.loss.se_weight = 0.2
 
   config.optim.lr = 0.04
   config.optim.weight_decay = 1e-4

@@ -34,6 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_split = 'val'
   c.data.base_size = 512              # random rescale is relative to this long side (PTE/HRNet) ...
   c.data.ratio_range = (0.5, 2.0)     # ... times a ratio drawn uniformly from this range
+  c.data.base_short_side = 0          # > 0: also cap the short side at base_short_side * ratio (mmseg keep-ratio
+                                      # scale (base_size, base_short_side), e.g. ADE20K (2048, 512)); 0: long side only
   c.data.crop_size = (512, 512)       # (height, width) of training crops
   c.data.flip = True                  # random horizontal flip, p = 0.5
   c.data.eval_size = (512, 512)       # (height, width): eval images are padded (label: ignore) to this size
@@ -65,6 +67,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.head.concat_input = True
   c.model.head.dropout = 0.1
   c.model.head.dropout_mode = 'channel'  # 'channel' (Dropout2d, mmseg) or 'element' (nn.Dropout, PTE)
+  c.model.encnet = ml_collections.ConfigDict()  # EncHead (model.name='encnet'); channels/dropout from model.head
+  c.model.encnet.num_codes = 32       # K codewords of the Encoding layer
+  c.model.encnet.lateral = False      # lateral connections from stages 2 and 3 (mmseg default off; PTE on for
+                                      # PASCAL datasets)
+  c.model.encnet.se_head = True       # the SE branch (Linear -> classes) that the SE-loss trains
   c.model.aux_head = ml_collections.ConfigDict()  # auxiliary FCNHead on stage 3, training only
   c.model.aux_head.enabled = True
   c.model.aux_head.channels = 256
@@ -75,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.ce_reduction = 'valid'       # 'valid': mean over non-ignored pixels (PTE, HRNet, Paddle);
                                       # 'all': mean over all pixels, ignored ones count 0 (mmseg avg_non_ignore=False)
   c.loss.aux_weight = 0.4             # mmseg 0.4; PyTorch-Encoding train scripts 0.2
+  c.loss.se_weight = 0.2              # SE-loss (EncNet): BCE-with-logits on per-image class presence
 
   c.optim = ml_collections.ConfigDict()  # SGD + polynomial decay, stepped per iteration
   c.optim.lr = 0.01
@@ -113,10 +121,11 @@ _CHOICES = {
 }
 _POSITIVE = ('train.steps', 'train.batch_size', 'train.log_every', 'train.checkpoint_every',
              'train.keep_checkpoints', 'eval.batch_size', 'data.base_size', 'model.backbone.base_width',
-             'model.head.channels', 'model.aux_head.channels', 'data.synthetic.image_size',
+             'model.head.channels', 'model.aux_head.channels', 'model.encnet.num_codes', 'data.synthetic.image_size',
              'data.synthetic.num_train', 'data.synthetic.num_val')
 _NON_NEGATIVE = ('train.eval_every', 'optim.lr', 'optim.weight_decay', 'optim.end_lr', 'optim.warmup_steps',
-                 'optim.head_lr_mult', 'loss.aux_weight', 'data.worker_count', 'model.head.num_convs')
+                 'optim.head_lr_mult', 'loss.aux_weight', 'loss.se_weight', 'data.worker_count', 'data.base_short_side',
+                 'model.head.num_convs')
 _UNIT_INTERVAL = ('optim.momentum', 'optim.warmup_ratio', 'model.head.dropout', 'model.aux_head.dropout')
 
 

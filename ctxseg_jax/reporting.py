@@ -31,7 +31,7 @@ def read_metrics(workdir: str | epath.Path) -> list[dict]:
 class MetricWriter:
   """Writes scalars to TensorBoard (<workdir>/tensorboard/<split>) and appends them to metrics.jsonl.
 
-  On resume, `resume_step` drops train records after that step (they belong to steps that will run again), so
+  On resume, `resume_step` drops the records after that step (they belong to steps that will run again), so
   the file reads as one uninterrupted run; TensorBoard purges those events the same way.
   """
 
@@ -40,9 +40,9 @@ class MetricWriter:
     self._path = epath.Path(workdir) / METRICS_FILE
     self._tensorboard = {}
     self._workdir = epath.Path(workdir)
-    self._purge_step = resume_step
+    self._purge_step = None if resume_step is None else resume_step + 1  # TensorBoard hides steps >= this
     if self._enabled and resume_step is not None and self._path.exists():
-      kept = [r for r in read_metrics(workdir) if not (r['split'] == 'train' and r['step'] > resume_step)]
+      kept = [r for r in read_metrics(workdir) if r['step'] <= resume_step]
       self._path.write_text(''.join(json.dumps(r) + '\n' for r in kept))
 
   def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
@@ -69,7 +69,7 @@ class MetricWriter:
     if split not in self._tensorboard:
       from tensorboardX import SummaryWriter  # imported lazily: only process 0 writes
       self._tensorboard[split] = SummaryWriter(logdir=str(self._workdir / 'tensorboard' / split),
-                                               purge_step=self._purge_step if split == 'train' else None)
+                                               purge_step=self._purge_step)
     return self._tensorboard[split]
 
   def close(self) -> None:

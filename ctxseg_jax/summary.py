@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -14,6 +15,23 @@ from ctxseg_jax import experiment, reporting, steps
 
 def count_params(tree: Any) -> int:
   return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def abstract_variables(model: nn.Module, config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+  """The model's variables as shapes, without allocating them: (train-mode init on one crop, eval-mode init on
+  one image of config.data.eval_size). Training-only heads exist only in the first."""
+  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
+  crop = jax.ShapeDtypeStruct((1, *config.data.crop_size, 3), jnp.float32)
+  image = jax.ShapeDtypeStruct((1, *config.data.eval_size, 3), jnp.float32)
+  train_vars = jax.eval_shape(lambda x: model.init(rngs, x, train=True), crop)
+  infer_vars = jax.eval_shape(lambda x: model.init(rngs, x, train=False), image)
+  return train_vars, infer_vars
+
+
+def parameter_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """{'params_total', 'params_inference'} of `summarize`, from shapes alone (no FLOP count, no compilation)."""
+  train_vars, infer_vars = abstract_variables(experiment.build(config).model, config)
+  return {'params_total': count_params(train_vars['params']), 'params_inference': count_params(infer_vars['params'])}
 
 
 def summarize(config: ml_collections.ConfigDict, workdir: str | epath.Path | None = None) -> dict[str, Any]:
@@ -27,12 +45,8 @@ def summarize(config: ml_collections.ConfigDict, workdir: str | epath.Path | Non
   """
   exp = experiment.build(config)
   model = exp.model
-  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
-  crop = jax.ShapeDtypeStruct((1, *config.data.crop_size, 3), jnp.float32)
   eval_image = jax.ShapeDtypeStruct((1, *config.data.eval_size, 3), jnp.uint8)
-  train_vars = jax.eval_shape(lambda x: model.init(rngs, x, train=True), crop)
-  infer_vars = jax.eval_shape(lambda x: model.init(rngs, x, train=False),
-                              jax.ShapeDtypeStruct(eval_image.shape, jnp.float32))
+  train_vars, infer_vars = abstract_variables(model, config)
 
   lowered = jax.jit(lambda v, x: steps.predict_logits(v, x, model=model, config=config)).lower(infer_vars, eval_image)
   cost = lowered.cost_analysis()

@@ -1,3 +1,4 @@
+import glob
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from ctxseg_jax import config as config_lib
 from ctxseg_jax import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
 
 
 def _load(path):
@@ -18,9 +20,31 @@ def _load(path):
   return module.get_config()
 
 
-@pytest.mark.parametrize('path', ['configs/demo.py'])
+@pytest.mark.parametrize('path', CONFIGS)
 def test_shipped_configs_validate(path):
-  experiment.validate_config(_load(path))
+  config = _load(path)
+  experiment.validate_config(config)
+  assert config.name == os.path.splitext(os.path.basename(path))[0]
+
+
+def test_demo_pair_differs_only_in_the_model():
+  encnet, fcn = _load('configs/demo.py'), _load('configs/demo_fcn.py')
+  assert (encnet.model.name, fcn.model.name) == ('encnet', 'fcn')
+  for config in (encnet, fcn):
+    with config.unlocked():
+      config.name = 'demo'
+      del config['model']
+  assert encnet.to_dict() == fcn.to_dict()
+
+
+def test_paper_configs_pair_encnet_with_its_fcn_baseline():
+  for dataset in ('pcontext', 'ade20k', 'cityscapes'):
+    encnet, fcn = _load(f'configs/encnet_{dataset}.py'), _load(f'configs/fcn_{dataset}.py')
+    assert (encnet.model.name, fcn.model.name) == ('encnet', 'fcn')
+    assert encnet.model.backbone == fcn.model.backbone
+    for section in ('data', 'optim', 'train', 'eval'):
+      assert encnet[section].to_dict() == fcn[section].to_dict(), (dataset, section)
+    assert encnet.loss.aux_weight == fcn.loss.aux_weight and encnet.loss.ce_reduction == fcn.loss.ce_reduction
 
 
 def test_typo_in_config_file_names_the_key():

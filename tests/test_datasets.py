@@ -139,6 +139,50 @@ def test_registry_folder_needs_root():
     datasets.build_source(data, 'train')
 
 
+@pytest.mark.parametrize('name, num_classes, first, last', [
+    ('pascal_context_59', 59, 'aeroplane', 'wood'),
+    ('pascal_context_60', 60, 'background', 'wood'),
+    ('ade20k', 150, 'wall', 'flag'),
+    ('cityscapes', 19, 'road', 'bicycle'),
+])
+def test_registered_datasets_have_metadata_without_data(name, num_classes, first, last):
+  info = datasets.dataset_info(_data_config(name=name))  # no root, no files: --mode summary needs only this
+  assert info.name == name and info.num_classes == num_classes and info.ignore_index == 255
+  assert (info.class_names[0], info.class_names[-1]) == (first, last)
+  assert len(info.palette) == num_classes
+  assert all(len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in info.palette)
+  assert len(set(info.class_names)) == num_classes
+
+
+def test_dataset_metadata_spot_checks():
+  pc59 = datasets.pascal_context.PASCAL_CONTEXT_59_INFO
+  pc60 = datasets.pascal_context.PASCAL_CONTEXT_60_INFO
+  assert pc60.class_names[1:] == pc59.class_names and pc60.palette[1:] == pc59.palette
+  assert list(pc59.class_names) == sorted(pc59.class_names)  # the Detail ids' alphabetical rank order
+  assert pc59.palette[0] == (180, 120, 120) and pc60.palette[0] == (120, 120, 120)
+  ade = datasets.ade20k.ADE20K_INFO
+  assert ade.class_names[7] == 'bed ' and ade.class_names[8] == 'windowpane'  # mmseg's spelling, kept
+  assert ade.palette[149] == (92, 0, 255)
+  cityscapes = datasets.cityscapes.CITYSCAPES_INFO
+  assert cityscapes.class_names[6:8] == ('traffic light', 'traffic sign')
+  assert cityscapes.palette[0] == (128, 64, 128) and cityscapes.palette[-1] == (119, 11, 32)
+
+
+@pytest.mark.parametrize('name, layout_fragment', [
+    ('pascal_context_59', 'SegmentationClassContext'),
+    ('pascal_context_60', 'ImageSets/SegmentationContext'),
+    ('ade20k', 'annotations/{training,validation}'),
+    ('cityscapes', '_gtFine_labelTrainIds.png'),
+])
+def test_registered_datasets_without_reader_explain_themselves(name, layout_fragment, tmp_path):
+  with pytest.raises(datasets.DataError, match=r'config\.data\.root is empty.*--config\.data\.root=') as error:
+    datasets.build_source(_data_config(name=name), 'train')
+  assert layout_fragment in str(error.value)
+  with pytest.raises(datasets.DataError, match='not implemented yet in this version') as error:
+    datasets.build_source(_data_config(name=name, root=str(tmp_path)), 'train')
+  assert layout_fragment in str(error.value) and str(tmp_path) in str(error.value)
+
+
 # --- folder layout -------------------------------------------------------------------------------------------
 
 @pytest.fixture

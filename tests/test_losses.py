@@ -7,6 +7,7 @@ from scipy.special import logsumexp
 
 from ctxseg_jax.losses import segmentation_loss
 from ctxseg_jax.losses.cross_entropy import pixel_cross_entropy
+from ctxseg_jax.losses.se_loss import class_presence, se_loss
 
 IGNORE = 255
 
@@ -53,3 +54,61 @@ def test_segmentation_loss_weights_aux_and_resizes_to_labels():
   small = jnp.asarray(rng.normal(size=(2, 2, 2, 3)), jnp.float32)  # stride-4 logits are upsampled to 8x8
   total_small, _ = segmentation_loss({'logits': small}, labels, config, IGNORE)
   assert np.isfinite(float(total_small))
+
+
+# ---------------------------------------------------------------------------------------------------- SE-loss
+
+def _direct_presence(labels, num_classes):
+  presence = np.zeros((labels.shape[0], num_classes))
+  for b in range(labels.shape[0]):
+    for value in np.unique(labels[b]):
+      if 0 <= value < num_classes:
+        presence[b, value] = 1
+  return presence
+
+
+def _direct_bce(logits, target):
+  """Mean over all entries of -[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))], in float64."""
+  p = 1 / (1 + np.exp(-logits))
+  return float(np.mean(-(target * np.log(p) + (1 - target) * np.log(1 - p))))
+
+
+def test_class_presence_ignores_ignore_and_out_of_range_values():
+  labels = np.array([[[0, 0, 255], [3, 7, 255]],      # 7 is outside 0..4, 255 is ignore
+                     [[255, 255, 255], [255, 255, 255]],  # nothing valid
+                     [[4, 1, 1], [2, 2, 0]]])
+  got = np.asarray(class_presence(jnp.asarray(labels), 5, IGNORE))
+  np.testing.assert_array_equal(got, [[1, 0, 0, 1, 0], [0, 0, 0, 0, 0], [1, 1, 1, 0, 1]])
+  rng = np.random.default_rng(2)
+  labels = rng.integers(0, 12, size=(4, 9, 7))
+  labels[rng.random(labels.shape) < 0.3] = IGNORE
+  np.testing.assert_array_equal(np.asarray(class_presence(jnp.asarray(labels), 10, IGNORE)),
+                                _direct_presence(labels, 10))
+
+
+def test_se_loss_matches_direct_binary_cross_entropy():
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, 6, size=(3, 8, 8))
+  labels[rng.random(labels.shape) < 0.2] = IGNORE
+  logits = rng.normal(size=(3, 6)) * 2
+  got = se_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), IGNORE)
+  np.testing.assert_allclose(float(got), _direct_bce(logits, _direct_presence(labels, 6)), rtol=1e-5)
+  # Stable for large logits (no log(0)), with finite gradients.
+  big = jnp.asarray([[60.0, -60.0, 0.0, 30.0, -30.0, 5.0]] * 3)
+  value, grad = jax.value_and_grad(lambda z: se_loss(z, jnp.asarray(labels), IGNORE))(big)
+  assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(grad)))
+
+
+def test_segmentation_loss_adds_weighted_se_term_only_when_asked():
+  rng = np.random.default_rng(4)
+  labels = jnp.asarray(rng.integers(0, 3, size=(2, 8, 8)))
+  logits = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+  se_logits = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
+  config = ml_collections.ConfigDict({'ce_reduction': 'valid', 'aux_weight': 0.4, 'se_weight': 0.2})
+  total, terms = segmentation_loss({'logits': logits, 'se_logits': se_logits}, labels, config, IGNORE)
+  assert set(terms) == {'loss_ce', 'loss_se'}
+  np.testing.assert_allclose(float(terms['loss_se']), 0.2 * float(se_loss(se_logits, labels, IGNORE)), rtol=1e-6)
+  np.testing.assert_allclose(float(total), float(terms['loss_ce'] + terms['loss_se']), rtol=1e-6)
+  config.se_weight = 0.0
+  _, terms = segmentation_loss({'logits': logits, 'se_logits': se_logits}, labels, config, IGNORE)
+  assert set(terms) == {'loss_ce'}

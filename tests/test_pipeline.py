@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ctxseg_jax.config import base_config
-from ctxseg_jax.data import pipeline
+from ctxseg_jax.data import pipeline, transforms
 from ctxseg_jax.data.datasets import SyntheticContextSource
 
 
@@ -101,3 +101,25 @@ def test_eval_pass_covers_every_sample_once_with_ignore_padding(data_config):
   matched = sorted(i for i in range(10) for label in labels if np.array_equal(label, expected[i]))
   assert matched == list(range(10))
   assert sum(np.all(label == 255) for label in labels) == 2
+
+
+@pytest.mark.parametrize('shape, base_short_side, expected', [
+    ((100, 300), 0, (683, 2048)),       # long side alone (PyTorch-Encoding): 2048 x r
+    ((100, 300), 512, (512, 1536)),     # mmseg scale (2048, 512): the short side binds
+    ((100, 1000), 512, (205, 2048)),    # aspect > 4: the long side binds
+    ((300, 100), 512, (1536, 512)),     # portrait
+])
+def test_train_rescale_long_side_or_mmseg_keep_ratio_scale(monkeypatch, shape, base_short_side, expected):
+  sizes = []
+  real_resize = transforms.resize
+
+  def spy(image, label, size):
+    sizes.append(tuple(size))
+    return real_resize(image, label, size)
+
+  monkeypatch.setattr(transforms, 'resize', spy)
+  augment = transforms.TrainAugment(base_size=2048, ratio_range=(1.0, 1.0), crop_size=(64, 64), flip=False,
+                                    image_pad_value=0, base_short_side=base_short_side)
+  sample = {'image': np.zeros((*shape, 3), np.uint8), 'label': np.zeros(shape, np.uint8)}
+  out = augment.random_map(sample, np.random.default_rng(0))
+  assert sizes == [expected] and out['image'].shape == (64, 64, 3)

@@ -118,3 +118,19 @@ def test_resume_with_another_worker_count_is_refused(uninterrupted, tmp_path):
   config.data.worker_count = 1
   with pytest.raises(Exception, match='worker_count=0'):
     train.train(config, tmp_path, devices=jax.devices()[:1])
+
+
+def test_encnet_trains_end_to_end_with_se_loss(tmp_path):
+  config = get_config()
+  config.model.name = 'encnet'
+  config.model.encnet.num_codes = 8
+  config.train.steps = 4
+  config.train.checkpoint_every = 4
+  results = train.train(config, tmp_path, devices=jax.devices()[:1])
+  records = [r for r in reporting.read_metrics(tmp_path) if r['split'] == 'train']
+  assert [r['step'] for r in records] == [2, 4]
+  for record in records:
+    assert {'loss', 'loss_ce', 'loss_aux', 'loss_se'} <= record.keys()
+    assert all(np.isfinite(record[k]) for k in ('loss', 'loss_ce', 'loss_aux', 'loss_se'))
+    assert record['loss'] == pytest.approx(record['loss_ce'] + record['loss_aux'] + record['loss_se'], rel=1e-5)
+  assert 0 <= results['miou'] <= 100

@@ -75,7 +75,8 @@ def train_iterator(source: SegmentationSource, data_config: ml_collections.Confi
                      f'({per_process_batch}); lower config.train.batch_size')
   augment = transforms.TrainAugment(
       base_size=data_config.base_size, ratio_range=tuple(data_config.ratio_range),
-      crop_size=tuple(data_config.crop_size), flip=data_config.flip, image_pad_value=data_config.image_pad_value)
+      crop_size=tuple(data_config.crop_size), flip=data_config.flip, image_pad_value=data_config.image_pad_value,
+      base_short_side=data_config.base_short_side)
   dataset = (shard.seed(seed).shuffle().repeat().random_map(augment)
              .batch(per_process_batch, drop_remainder=True).to_iter_dataset())
   workers = data_config.worker_count if worker_count is None else worker_count

@@ -41,15 +41,18 @@ def pad_to(image: np.ndarray, label: np.ndarray, size: tuple[int, int],
 class TrainAugment(grain.transforms.RandomMap):
   """Random rescale -> pad -> random crop -> random horizontal flip (PyTorch-Encoding/HRNet order).
 
-  The long side is rescaled to base_size * r, r ~ U(ratio_range), keeping the aspect ratio; images smaller
-  than the crop are padded (image: image_pad_value, label: ignore). Output:
-  {'image': uint8 (crop_h, crop_w, 3), 'label': uint8 (crop_h, crop_w)}.
+  The long side is rescaled to base_size * r, r ~ U(ratio_range), keeping the aspect ratio; with
+  base_short_side > 0 the scale is also capped so that the short side is at most base_short_side * r (mmseg's
+  keep-ratio RandomResize with scale (base_size, base_short_side)). Images smaller than the crop are padded
+  (image: image_pad_value, label: ignore). Output: {'image': uint8 (crop_h, crop_w, 3), 'label': uint8 (crop_h,
+  crop_w)}.
   """
   base_size: int
   ratio_range: tuple[float, float]
   crop_size: tuple[int, int]
   flip: bool
   image_pad_value: int
+  base_short_side: int = 0
 
   def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
     image, label = sample['image'], sample['label']
@@ -57,6 +60,8 @@ class TrainAugment(grain.transforms.RandomMap):
     long_side = max(int(round(self.base_size * ratio)), 1)
     height, width = image.shape[:2]
     scale = long_side / max(height, width)
+    if self.base_short_side > 0:
+      scale = min(scale, max(int(round(self.base_short_side * ratio)), 1) / min(height, width))
     image, label = resize(image, label, (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1)))
     image, label = pad_to(image, label, self.crop_size, self.image_pad_value)
     crop_h, crop_w = self.crop_size

@@ -12,12 +12,14 @@ from typing import Callable
 import flax.linen as nn
 import ml_collections
 
+from ctxseg_jax.models.encnet import build_encnet
 from ctxseg_jax.models.fcn import build_fcn
 
 ModelBuilder = Callable[[ml_collections.ConfigDict, int], nn.Module]
 
 MODELS: dict[str, ModelBuilder] = {
     'fcn': build_fcn,
+    'encnet': build_encnet,
 }
 
 

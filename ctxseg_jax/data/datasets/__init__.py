@@ -7,7 +7,10 @@ from typing import Callable
 
 import ml_collections
 
+from ctxseg_jax.data.datasets import ade20k
+from ctxseg_jax.data.datasets import cityscapes
 from ctxseg_jax.data.datasets import folder
+from ctxseg_jax.data.datasets import pascal_context
 from ctxseg_jax.data.datasets import synthetic_context
 from ctxseg_jax.data.datasets.base import DataError, DatasetInfo, SegmentationSource, check_sample
 from ctxseg_jax.data.datasets.folder import FolderSource, folder_info
@@ -42,6 +45,13 @@ DATASETS: dict[str, DatasetEntry] = {
     'synthetic_context': DatasetEntry(info=lambda data_config: SYNTHETIC_CONTEXT_INFO, build=_synthetic_source),
     'folder': DatasetEntry(info=lambda data_config: folder_info(_folder_root(data_config)),
                            build=lambda data_config, split: FolderSource(_folder_root(data_config), split)),
+    # Metadata only for now: their build functions raise a DataError that names the expected layout.
+    'pascal_context_59': DatasetEntry(info=lambda data_config: pascal_context.PASCAL_CONTEXT_59_INFO,
+                                      build=pascal_context.build_source_59),
+    'pascal_context_60': DatasetEntry(info=lambda data_config: pascal_context.PASCAL_CONTEXT_60_INFO,
+                                      build=pascal_context.build_source_60),
+    'ade20k': DatasetEntry(info=lambda data_config: ade20k.ADE20K_INFO, build=ade20k.build_source),
+    'cityscapes': DatasetEntry(info=lambda data_config: cityscapes.CITYSCAPES_INFO, build=cityscapes.build_source),
 }
 
 
@@ -66,6 +76,6 @@ def build_source(data_config: ml_collections.ConfigDict, split: str) -> Segmenta
 
 __all__ = [
     'DATASETS', 'DataError', 'DatasetEntry', 'DatasetInfo', 'FolderSource', 'SYNTHETIC_CONTEXT_INFO',
-    'SegmentationSource', 'SyntheticContextSource', 'build_source', 'check_sample', 'dataset_info', 'folder',
-    'folder_info', 'synthetic_context',
+    'SegmentationSource', 'SyntheticContextSource', 'ade20k', 'build_source', 'check_sample', 'cityscapes',
+    'dataset_info', 'folder', 'folder_info', 'pascal_context', 'synthetic_context',
 ]

@@ -78,3 +78,19 @@ def check_sample(sample: dict, info: DatasetInfo, where: str, label_where: str |
                     f'and the ignore value {info.ignore_index}')
   return problems
 
+
+def reader_unavailable(name: str, root: str, layout: str, root_example: str) -> DataError:
+  """The error for a registered dataset whose metadata is known but whose file reader is not in this version.
+
+  With an empty `root` it asks for --config.data.root (`root_example` shows a typical value); otherwise it shows
+  the layout the reader will expect and the way to train on the data today: convert it to the `folder` layout
+  (ctxseg_jax.data.datasets.folder).
+  """
+  if not root:
+    return DataError(f'config.data.root is empty; data.name={name} reads the dataset from disk: set '
+                     f'--config.data.root={root_example} (local or gs://), laid out as\n{layout}\n'
+                     f'(Its reader is not implemented yet in this version: only the class names and palette are.)')
+  return DataError(f'data.name={name}: reading this dataset from {root} is not implemented yet in this version '
+                   f'(only its class names and palette are). It will expect the layout\n{layout}\n'
+                   'Until then, convert it to the folder layout (images/<split>/, labels/<split>/ with training ids '
+                   'and a dataset.json) and train with --config.data.name=folder.')

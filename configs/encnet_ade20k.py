@@ -1,0 +1,64 @@
+"""EncNet, ResNet-101-D8 (V1c stem), ADE20K 150 classes, 512x512 crops, 160k iterations: the mmseg protocol.
+
+Target: mmseg configs/encnet/encnet_r101-d8_4xb4-160k_ade20k-512x512.py, 42.61 mIoU single-scale (44.01
+ms+flip), mean over classes present (mmseg IoUMetric).
+
+Protocol: 4 GPUs x 4 images, SyncBN, SGD lr 0.01, momentum 0.9, wd 5e-4, poly 0.9 to eta_min 1e-4, no head LR
+multiplier; EncHead without lateral connections, 32 codes, Dropout2d 0.1; CE weight 1.0 averaged over all pixels
+(avg_non_ignore False), aux FCN 0.4, SE-loss 0.2; train resize keep-ratio scale (2048, 512) x U(0.5, 2.0),
+crop 512x512, flip.
+
+Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned), the dataset
+reader (ctxseg_jax.data.datasets.ade20k), mmseg's RandomCrop cat_max_ratio 0.75 and PhotoMetricDistortion, and
+the test-time resize (short side 512): evaluation is whole-image at the stored resolution, padded to eval_size.
+eval_size is the bound of that test resize for either orientation (long side at most 2048); lower it once
+`--mode check_data` has shown the largest validation image.
+
+python -m ctxseg_jax.main --config configs/encnet_ade20k.py --config.data.root=/data/ADEChallengeData2016
+"""
+from ctxseg_jax.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.name = 'encnet_ade20k'
+  config.data.name = 'ade20k'
+  config.data.base_size = 2048
+  config.data.base_short_side = 512
+  config.data.ratio_range = (0.5, 2.0)
+  config.data.crop_size = (512, 512)
+  config.data.eval_size = (2048, 2048)
+  config.data.image_pad_value = 0
+
+  config.model.name = 'encnet'
+  config.model.backbone.depth = 101
+  config.model.backbone.stem = 'v1c'
+  config.model.backbone.output_stride = 8
+  config.model.head.channels = 512
+  config.model.head.dropout = 0.1
+  config.model.head.dropout_mode = 'channel'
+  config.model.encnet.num_codes = 32
+  config.model.encnet.lateral = False
+  config.model.encnet.se_head = True
+  config.model.aux_head.enabled = True
+  config.model.aux_head.channels = 256
+  config.model.aux_head.dropout = 0.1
+
+  config.loss.ce_reduction = 'all'
+  config.loss.aux_weight = 0.4
+  config.loss.se_weight = 0.2
+
+  config.train.batch_size = 16
+  config.train.steps = 160_000
+  config.train.eval_every = 16_000
+  config.train.checkpoint_every = 4_000
+
+  config.optim.lr = 0.01
+  config.optim.head_lr_mult = 1.0
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 5e-4
+  config.optim.end_lr = 1e-4
+
+  config.eval.batch_size = 8
+  config.eval.miou_convention = 'present'
+  return config

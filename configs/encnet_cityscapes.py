@@ -1,0 +1,61 @@
+"""EncNet, ResNet-101-D8 (V1c stem), Cityscapes 19 classes, 512x1024 crops, 80k iterations: the mmseg protocol.
+
+Target: mmseg configs/encnet/encnet_r101-d8_4xb2-80k_cityscapes-512x1024.py, 78.55 mIoU single-scale (79.47
+ms+flip), mean over classes present (mmseg IoUMetric), on the 500 val images at full 1024x2048 resolution.
+
+Protocol: 4 GPUs x 2 images, SyncBN, SGD lr 0.01, momentum 0.9, wd 5e-4, poly 0.9 to eta_min 1e-4, no head LR
+multiplier; EncHead without lateral connections, 32 codes, Dropout2d 0.1; CE weight 1.0 averaged over all pixels
+(avg_non_ignore False), aux FCN 0.4, SE-loss 0.2; train resize scale (2048, 1024) x U(0.5, 2.0) (every image is
+2048x1024, so this is the long side 2048 x r), crop 512x1024, flip; whole-image test at 1024x2048.
+
+Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned), the dataset
+reader (ctxseg_jax.data.datasets.cityscapes), and mmseg's RandomCrop cat_max_ratio 0.75 and
+PhotoMetricDistortion.
+
+python -m ctxseg_jax.main --config configs/encnet_cityscapes.py --config.data.root=/data/cityscapes
+"""
+from ctxseg_jax.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.name = 'encnet_cityscapes'
+  config.data.name = 'cityscapes'
+  config.data.base_size = 2048
+  config.data.ratio_range = (0.5, 2.0)
+  config.data.crop_size = (512, 1024)
+  config.data.eval_size = (1024, 2048)
+  config.data.image_pad_value = 0
+
+  config.model.name = 'encnet'
+  config.model.backbone.depth = 101
+  config.model.backbone.stem = 'v1c'
+  config.model.backbone.output_stride = 8
+  config.model.head.channels = 512
+  config.model.head.dropout = 0.1
+  config.model.head.dropout_mode = 'channel'
+  config.model.encnet.num_codes = 32
+  config.model.encnet.lateral = False
+  config.model.encnet.se_head = True
+  config.model.aux_head.enabled = True
+  config.model.aux_head.channels = 256
+  config.model.aux_head.dropout = 0.1
+
+  config.loss.ce_reduction = 'all'
+  config.loss.aux_weight = 0.4
+  config.loss.se_weight = 0.2
+
+  config.train.batch_size = 8
+  config.train.steps = 80_000
+  config.train.eval_every = 8_000
+  config.train.checkpoint_every = 4_000
+
+  config.optim.lr = 0.01
+  config.optim.head_lr_mult = 1.0
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 5e-4
+  config.optim.end_lr = 1e-4
+
+  config.eval.batch_size = 8
+  config.eval.miou_convention = 'present'
+  return config

@@ -1,0 +1,161 @@
+"""Every shipped config has the parameter count of the PyTorch model it reproduces.
+
+The expected counts are written here from the reference architectures' layer lists (numerics.md A.2-A.5, the
+mmseg and PyTorch-Encoding module definitions), as PyTorch counts trainable parameters: conv and linear weights and
+biases, BatchNorm weight and bias (running statistics are buffers, not parameters). They do not read this
+library's model code; the model's count comes from `--mode summary`'s abstract initialisation.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+
+import pytest
+
+from ctxseg_jax import summary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location('cfg', os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+# ---------------------------------------------------------------------------- PyTorch layers, counted by hand
+
+def conv(cin: int, cout: int, k: int, bias: bool = False) -> int:
+  """nn.Conv2d(cin, cout, k, bias=bias)."""
+  return k * k * cin * cout + (cout if bias else 0)
+
+
+def bn(c: int) -> int:
+  """nn.BatchNorm1d/2d(c) or SyncBatchNorm(c): weight and bias."""
+  return 2 * c
+
+
+def conv_module(cin: int, cout: int, k: int) -> int:
+  """mmcv ConvModule / PyTorch-Encoding's Sequential(Conv2d(bias=False), BN, ReLU)."""
+  return conv(cin, cout, k) + bn(cout)
+
+
+def linear(cin: int, cout: int) -> int:
+  """nn.Linear(cin, cout)."""
+  return cin * cout + cout
+
+
+# ------------------------------------------------------------------------------------------------ backbones
+
+BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+def resnet(depth: int, stem: str, width: int = 64) -> int:
+  """mmseg ResNetV1c ('v1c': 3x3 convs w/2, w/2, w) or PyTorch-Encoding resnet*s ('s': w, w, 2w); no fc.
+
+  Dilation and strides change no parameter. Bottleneck: 1x1 in->p, 3x3 p->p, 1x1 p->4p, each with BN, and a
+  1x1 + BN projection on the first block of every stage. BasicBlock (ResNet-18): two 3x3 + BN, projection where
+  the stride or width changes.
+  """
+  stems = {'v1c': (3, width // 2, width // 2, width), 's': (3, width, width, 2 * width)}[stem]
+  total = sum(conv_module(cin, cout, 3) for cin, cout in zip(stems[:-1], stems[1:]))
+  inplanes = stems[-1]
+  for stage, num_blocks in enumerate(BLOCKS[depth]):
+    planes = width * 2**stage
+    for block in range(num_blocks):
+      if depth >= 50:
+        total += conv_module(inplanes, planes, 1) + conv_module(planes, planes, 3) + conv_module(planes, 4 * planes, 1)
+        out = 4 * planes
+      else:
+        total += conv_module(inplanes, planes, 3) + conv_module(planes, planes, 3)
+        out = planes
+      if block == 0 and (stage > 0 or inplanes != out):
+        total += conv_module(inplanes, out, 1)
+      inplanes = out
+  return total
+
+
+def stage_channels(depth: int, width: int = 64) -> tuple[int, int, int, int]:
+  return tuple(width * 2**s * (4 if depth >= 50 else 1) for s in range(4))
+
+
+# ------------------------------------------------------------------------------------------------------ heads
+
+def aux_fcn_head(cin: int, num_classes: int, channels: int = 256) -> int:
+  """mmseg FCNHead(num_convs=1, concat_input=False) = PyTorch-Encoding FCNHead(1024): 3x3 ConvModule, 1x1 classifier."""
+  return conv_module(cin, channels, 3) + conv(channels, num_classes, 1, bias=True)
+
+
+def mmseg_fcn_head(cin: int, num_classes: int, channels: int = 512) -> int:
+  """mmseg FCNHead(num_convs=2, concat_input=True): convs.0, convs.1, conv_cat, conv_seg."""
+  return (conv_module(cin, channels, 3) + conv_module(channels, channels, 3) + conv_module(cin + channels, channels, 3)
+          + conv(channels, num_classes, 1, bias=True))
+
+
+def pte_fcn_head(cin: int, num_classes: int) -> int:
+  """PyTorch-Encoding FCNHead(cin): 3x3 conv cin -> cin/4 + BN + ReLU, dropout, 1x1 classifier."""
+  return conv_module(cin, cin // 4, 3) + conv(cin // 4, num_classes, 1, bias=True)
+
+
+def enc_head(stages: tuple[int, ...], num_classes: int, channels: int = 512, num_codes: int = 32,
+             lateral: bool = False, se: bool = True) -> int:
+  """mmseg EncHead / PyTorch-Encoding EncHead (numerics.md A.2, A.3)."""
+  c2, c3, c4 = stages[1:]
+  total = conv_module(c4, channels, 3)  # bottleneck (PTE conv5)
+  if lateral:  # lateral_convs (PTE connect) and fusion
+    total += conv_module(c2, channels, 1) + conv_module(c3, channels, 1) + conv_module(3 * channels, channels, 3)
+  enc_module = (conv_module(channels, channels, 1)  # encoding_project
+                + num_codes * channels + num_codes  # Encoding: codewords (K, D), scale (K,)
+                + bn(num_codes)  # BatchNorm1d over the codes
+                + linear(channels, channels))  # fc (gate)
+  total += enc_module
+  if se:
+    total += linear(channels, num_classes)  # se_layer
+  return total + conv(channels, num_classes, 1, bias=True)  # conv_seg (PTE conv6)
+
+
+def encnet(depth, stem, num_classes, *, lateral, width=64, channels=512, aux_channels=256, num_codes=32):
+  stages = stage_channels(depth, width)
+  return (resnet(depth, stem, width) + enc_head(stages, num_classes, channels, num_codes, lateral)
+          + aux_fcn_head(stages[2], num_classes, aux_channels))
+
+
+def fcn(depth, stem, num_classes, *, head, width=64, channels=512, aux_channels=256):
+  stages = stage_channels(depth, width)
+  head_count = (mmseg_fcn_head(stages[3], num_classes, channels) if head == 'mmseg'
+                else pte_fcn_head(stages[3], num_classes))
+  return resnet(depth, stem, width) + head_count + aux_fcn_head(stages[2], num_classes, aux_channels)
+
+
+# (reference architecture, its count from the layer lists above, the count written out)
+REFERENCES = {
+    'configs/encnet_pcontext.py': ('PyTorch-Encoding EncNet ResNet-101s, lateral, 59 classes',
+                                   encnet(101, 's', 59, lateral=True), 62_907_345),
+    'configs/fcn_pcontext.py': ('PyTorch-Encoding FCN ResNet-101s, 59 classes',
+                                fcn(101, 's', 59, head='pte'), 54_467_382),
+    'configs/encnet_ade20k.py': ('mmseg EncNet R-101-D8, 150 classes',
+                                 encnet(101, 'v1c', 150, lateral=False), 55_052_162),
+    'configs/fcn_ade20k.py': ('mmseg FCN R-101-D8, 150 classes', fcn(101, 'v1c', 150, head='mmseg'), 68_590_732),
+    'configs/encnet_cityscapes.py': ('mmseg EncNet R-101-D8, 19 classes',
+                                     encnet(101, 'v1c', 19, lateral=False), 54_884_089),
+    'configs/fcn_cityscapes.py': ('mmseg FCN R-101-D8, 19 classes', fcn(101, 'v1c', 19, head='mmseg'), 68_489_862),
+    'configs/demo.py': ('EncNet, ResNet-18 V1c width 16, head 64, aux 32, 8 classes',
+                        encnet(18, 'v1c', 8, lateral=False, width=16, channels=64, aux_channels=32), 805_904),
+    'configs/demo_fcn.py': ('mmseg FCN, ResNet-18 V1c width 16, head 64, aux 32, 8 classes',
+                            fcn(18, 'v1c', 8, head='mmseg', width=16, channels=64, aux_channels=32), 942_568),
+}
+
+
+def test_every_config_has_a_reference():
+  assert set(CONFIGS) == set(REFERENCES)
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_param_count_matches_the_reference_architecture(path):
+  name, from_layers, written = REFERENCES[path]
+  assert from_layers == written, f'{name}: {from_layers:,} from the layer list'
+  counts = summary.parameter_counts(_load(path))
+  assert counts['params_total'] == from_layers, f'{name}: ours {counts["params_total"]:,}, reference {from_layers:,}'

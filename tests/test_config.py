@@ -1,4 +1,3 @@
-import glob
 import os
 import subprocess
 import sys
@@ -7,28 +6,21 @@ import pytest
 
 from ctxseg_jax import config as config_lib
 from ctxseg_jax import experiment
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+from tests.shipped_configs import CONFIGS, ROOT, load
 
 
-def _load(path):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('cfg', os.path.join(ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+
 
 
 @pytest.mark.parametrize('path', CONFIGS)
 def test_shipped_configs_validate(path):
-  config = _load(path)
+  config = load(path)
   experiment.validate_config(config)
   assert config.name == os.path.splitext(os.path.basename(path))[0]
 
 
 def test_demo_pair_differs_only_in_the_model():
-  encnet, fcn = _load('configs/demo.py'), _load('configs/demo_fcn.py')
+  encnet, fcn = load('configs/demo.py'), load('configs/demo_fcn.py')
   assert (encnet.model.name, fcn.model.name) == ('encnet', 'fcn')
   for config in (encnet, fcn):
     with config.unlocked():
@@ -39,7 +31,7 @@ def test_demo_pair_differs_only_in_the_model():
 
 def test_paper_configs_pair_encnet_with_its_fcn_baseline():
   for dataset in ('pcontext', 'ade20k', 'cityscapes'):
-    encnet, fcn = _load(f'configs/encnet_{dataset}.py'), _load(f'configs/fcn_{dataset}.py')
+    encnet, fcn = load(f'configs/encnet_{dataset}.py'), load(f'configs/fcn_{dataset}.py')
     assert (encnet.model.name, fcn.model.name) == ('encnet', 'fcn')
     assert encnet.model.backbone == fcn.model.backbone
     for section in ('data', 'optim', 'train', 'eval'):

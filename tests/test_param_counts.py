@@ -7,23 +7,13 @@ library's model code; the model's count comes from `--mode summary`'s abstract i
 """
 from __future__ import annotations
 
-import glob
-import importlib.util
-import os
-
 import pytest
 
 from ctxseg_jax import summary
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
+from tests.shipped_configs import CONFIGS, load
 
 
-def _load(path):
-  spec = importlib.util.spec_from_file_location('cfg', os.path.join(ROOT, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+
 
 
 # ---------------------------------------------------------------------------- PyTorch layers, counted by hand
@@ -157,5 +147,5 @@ def test_every_config_has_a_reference():
 def test_param_count_matches_the_reference_architecture(path):
   name, from_layers, written = REFERENCES[path]
   assert from_layers == written, f'{name}: {from_layers:,} from the layer list'
-  counts = summary.parameter_counts(_load(path))
+  counts = summary.parameter_counts(load(path))
   assert counts['params_total'] == from_layers, f'{name}: ours {counts["params_total"]:,}, reference {from_layers:,}'

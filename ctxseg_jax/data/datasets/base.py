@@ -74,8 +74,8 @@ def check_sample(sample: dict, info: DatasetInfo, where: str, label_where: str |
   values = set(int(v) for v in np.unique(label))
   bad = sorted(v for v in values if not (0 <= v < info.num_classes or v == info.ignore_index))
   if bad:
-    problems.append(f'{label_where or where}: label values {bad[:10]} are outside the classes 0..{info.num_classes - 1} '
-                    f'and the ignore value {info.ignore_index}')
+    problems.append(f'{label_where or where}: label values {bad[:10]} are outside the classes '
+                    f'0..{info.num_classes - 1} and the ignore value {info.ignore_index}')
   return problems
 
 

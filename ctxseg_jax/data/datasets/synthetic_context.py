@@ -155,28 +155,27 @@ def render_object(class_id: int, rng: np.random.Generator, image_size: int) -> S
   return _RENDERERS[KIND_OF[class_id]](rng, _scale(image_size))
 
 
-@functools.lru_cache(maxsize=32)
-def _upsample_matrix(size: int, cells: int) -> np.ndarray:
-  """(size, cells + 1) bilinear weights spreading a grid of cells + 1 knots over `size` pixels."""
+@functools.lru_cache(maxsize=64)
+def _lerp_weights(size: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+  """For `size` pixels spread over cells + 1 knots: the knot before each pixel (int (size,)) and the weight of
+  the knot after it (float32 (size,))."""
   pos = (np.arange(size) + 0.5) / size * cells
-  lo = np.minimum(np.floor(pos).astype(int), cells - 1)
+  lo = np.minimum(np.floor(pos).astype(np.intp), cells - 1)
   frac = (pos - lo).astype(np.float32)
-  m = np.zeros((size, cells + 1), np.float32)
-  m[np.arange(size), lo] = 1 - frac
-  m[np.arange(size), lo + 1] = frac
-  m.flags.writeable = False
-  return m
+  lo.flags.writeable = frac.flags.writeable = False
+  return lo, frac
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float, channels: int) -> np.ndarray:
   """Unit-variance-ish value noise with features about `cell` pixels wide: float32 (h, w, channels)."""
-  rows = _upsample_matrix(h, max(1, int(round(h / cell))))
-  cols = _upsample_matrix(w, max(1, int(round(w / cell))))
-  kh, kw = rows.shape[1], cols.shape[1]
-  knots = rng.standard_normal((kh, kw * channels), dtype=np.float32)
-  # Two plain 2-D products: numpy's stacked matmul falls off BLAS for a small inner size and is ~100x slower.
-  along_y = (rows @ knots).reshape(h, kw, channels).transpose(1, 0, 2).reshape(kw, h * channels)
-  return (cols @ along_y).reshape(w, h, channels).transpose(1, 0, 2)
+  y_lo, y_frac = _lerp_weights(h, max(1, int(round(h / cell))))
+  x_lo, x_frac = _lerp_weights(w, max(1, int(round(w / cell))))
+  knots = rng.standard_normal((int(y_lo[-1]) + 2, int(x_lo[-1]) + 2, channels), dtype=np.float32)
+  # Separable bilinear interpolation by gathers, not matrix products: BLAS threads slow these tiny products
+  # down by 10x or more when the host is busy (grain workers next to a training process).
+  y_frac, x_frac = y_frac[:, None, None], x_frac[:, None]
+  rows = knots[y_lo] * (1 - y_frac) + knots[y_lo + 1] * y_frac
+  return rows[:, x_lo] * (1 - x_frac) + rows[:, x_lo + 1] * x_frac
 
 
 def _ground(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ctxseg_jax.models.layers.linear import uniform
+
 Dtype = Any
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -110,15 +112,7 @@ class Encoding(nn.Module):
     """(B, H, W, D) -> (B, num_codes, D) float32."""
     b, h, w, d = x.shape
     bound = 1.0 / math.sqrt(self.num_codes * d)
-    codewords = self.param('codewords', _uniform(-bound, bound), (self.num_codes, d), jnp.float32)
-    scale = self.param('scale', _uniform(-1.0, 0.0), (self.num_codes,), jnp.float32)
+    codewords = self.param('codewords', uniform(-bound, bound), (self.num_codes, d), jnp.float32)
+    scale = self.param('scale', uniform(-1.0, 0.0), (self.num_codes,), jnp.float32)
     return encode(x.astype(self.dtype).reshape(b, h * w, d), codewords, scale)
 
-
-def _uniform(low: float, high: float) -> nn.initializers.Initializer:
-  """U(low, high), like PyTorch's `tensor.uniform_(low, high)`."""
-
-  def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
-    return jax.random.uniform(key, shape, dtype, minval=low, maxval=high)
-
-  return init

@@ -12,11 +12,11 @@ Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 
-def uniform_init(bound: float) -> Initializer:
-  """U(-bound, bound) for any shape."""
+def uniform(low: float, high: float) -> Initializer:
+  """U(low, high) for any shape, like PyTorch's `tensor.uniform_(low, high)`."""
 
   def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return jax.random.uniform(key, shape, dtype, low, high)
 
   return init
 
@@ -31,5 +31,5 @@ def torch_linear(features: int, in_features: int, *, dtype: Dtype = jnp.float32,
   Call it inside a parent's `@nn.compact` method on (..., in_features) inputs.
   """
   bound = 1.0 / math.sqrt(in_features)
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=uniform_init(bound),
-                  bias_init=uniform_init(bound), name=name)
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=uniform(-bound, bound),
+                  bias_init=uniform(-bound, bound), name=name)

@@ -6,13 +6,18 @@ ms+flip), mean over classes present (mmseg IoUMetric).
 Protocol: 4 GPUs x 4 images, SyncBN, SGD lr 0.01, momentum 0.9, wd 5e-4, poly 0.9 to eta_min 1e-4, no head LR
 multiplier; EncHead without lateral connections, 32 codes, Dropout2d 0.1; CE weight 1.0 averaged over all pixels
 (avg_non_ignore False), aux FCN 0.4, SE-loss 0.2; train resize keep-ratio scale (2048, 512) x U(0.5, 2.0),
-crop 512x512, flip.
+crop 512x512 with cat_max_ratio 0.75, flip, PhotoMetricDistortion, padding with the mean colour; test:
+keep-ratio resize to scale (2048, 512), whole image, logits resized back and scored at the original resolution.
 
-Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned), the dataset
-reader (ctxseg_jax.data.datasets.ade20k), mmseg's RandomCrop cat_max_ratio 0.75 and PhotoMetricDistortion, and
-the test-time resize (short side 512): evaluation is whole-image at the stored resolution, padded to eval_size.
-eval_size is the bound of that test resize for either orientation (long side at most 2048); lower it once
-`--mode check_data` has shown the largest validation image.
+Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned), and per-image
+eval shapes. Evaluation runs on one static shape: resized images are padded to eval_size (the bound of the test
+resize for either orientation; a typical 512x683 image fills 8% of it) and labels to eval_label_size, while
+mmseg runs each image at its own size. Padding changes more than the border pixels here: the Encoding layer and
+the SE gate pool over every position, padding included, so every prediction sees it. Shape buckets or masked
+pooling belong to full-protocol evaluation (planned); until then lower eval_size as far as `--mode check_data`
+allows.
+Resizing uses PIL's bilinear filter (grain loader), which antialiases when shrinking; mmseg's cv2 does not (the
+tf.data loader, data.loader='tfdata', resizes like cv2).
 
 python -m ctxseg_jax.main --config configs/encnet_ade20k.py --config.data.root=/data/ADEChallengeData2016
 """
@@ -28,7 +33,11 @@ def get_config():
   config.data.ratio_range = (0.5, 2.0)
   config.data.crop_size = (512, 512)
   config.data.eval_size = (2048, 2048)
-  config.data.image_pad_value = 0
+  config.data.image_pad_value = (124, 116, 104)
+  config.data.cat_max_ratio = 0.75
+  config.data.photometric_distortion = True
+  config.data.eval_scale = (2048, 512)
+  config.data.eval_label_size = (2048, 2048)
 
   config.model.name = 'encnet'
   config.model.backbone.depth = 101

@@ -6,11 +6,13 @@ ms+flip), mean over classes present (mmseg IoUMetric), on the 500 val images at 
 Protocol: 4 GPUs x 2 images, SyncBN, SGD lr 0.01, momentum 0.9, wd 5e-4, poly 0.9 to eta_min 1e-4, no head LR
 multiplier; EncHead without lateral connections, 32 codes, Dropout2d 0.1; CE weight 1.0 averaged over all pixels
 (avg_non_ignore False), aux FCN 0.4, SE-loss 0.2; train resize scale (2048, 1024) x U(0.5, 2.0) (every image is
-2048x1024, so this is the long side 2048 x r), crop 512x1024, flip; whole-image test at 1024x2048.
+2048x1024, so this is the long side 2048 x r), crop 512x1024 with cat_max_ratio 0.75, flip,
+PhotoMetricDistortion, padding with the mean colour; test: keep-ratio resize to scale (2048, 1024) (the identity for Cityscapes images), whole
+image at 1024x2048.
 
-Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned), the dataset
-reader (ctxseg_jax.data.datasets.cityscapes), and mmseg's RandomCrop cat_max_ratio 0.75 and
-PhotoMetricDistortion.
+Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned).
+Resizing uses PIL's bilinear filter (grain loader), which antialiases when shrinking; mmseg's cv2 does not (the
+tf.data loader, data.loader='tfdata', resizes like cv2).
 
 python -m ctxseg_jax.main --config configs/encnet_cityscapes.py --config.data.root=/data/cityscapes
 """
@@ -25,7 +27,10 @@ def get_config():
   config.data.ratio_range = (0.5, 2.0)
   config.data.crop_size = (512, 1024)
   config.data.eval_size = (1024, 2048)
-  config.data.image_pad_value = 0
+  config.data.image_pad_value = (124, 116, 104)
+  config.data.cat_max_ratio = 0.75
+  config.data.photometric_distortion = True
+  config.data.eval_scale = (2048, 1024)
 
   config.model.name = 'encnet'
   config.model.backbone.depth = 101

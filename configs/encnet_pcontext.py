@@ -9,9 +9,12 @@ SyncBN, 80 epochs, SGD lr 0.001 per 16 images (x10 for head and auxiliary head),
 to 0, aux weight 0.2, SE weight 0.2, lateral connections on (PyTorch-Encoding enables them for "p*" datasets),
 element-wise dropout 0.1, cross-entropy over valid pixels, base size 520 (long side) x U(0.5, 2.0), crop 480.
 
-Not yet reproduced here: the ImageNet-pretrained resnet101s weights (weight import is planned), the dataset reader
-(ctxseg_jax.data.datasets.pascal_context), and multi-scale sliding evaluation. Evaluation is whole-image at the
-stored resolution (PASCAL images are at most 500x500), padded to eval_size = the test resize (long side 520).
+Not yet reproduced here: the ImageNet-pretrained resnet101s weights (weight import is planned), and multi-scale
+sliding evaluation. Evaluation resizes the long side to 520 (PyTorch-Encoding's base size at scale 1), runs the
+whole image padded to 520x520 (PyTorch-Encoding slides 480 crops over it) and scores the logits resized back to
+the original resolution (PASCAL images are at most 500x500: eval_label_size). Both eval resizes use
+align_corners=False; PyTorch-Encoding's use align_corners=True (an option for that comes with full-protocol
+evaluation). Training resizes with PIL's bilinear, as PyTorch-Encoding does.
 PyTorch-Encoding's 80 x 312 = 24960 iterations drop the last partial batch of each epoch; steps below round up.
 
 python -m ctxseg_jax.main --config configs/encnet_pcontext.py --config.data.root=/data/VOCdevkit/VOC2010
@@ -32,7 +35,11 @@ def get_config():
   config.data.ratio_range = (0.5, 2.0)
   config.data.crop_size = (480, 480)
   config.data.eval_size = (520, 520)
-  config.data.image_pad_value = 0
+  config.data.image_pad_value = (0, 0, 0)
+  config.data.cat_max_ratio = 1.0
+  config.data.photometric_distortion = False
+  config.data.eval_scale = (520, 520)
+  config.data.eval_label_size = (500, 500)
 
   config.model.name = 'encnet'
   config.model.backbone.depth = 101

@@ -17,7 +17,11 @@ def get_config():
   config.data.ratio_range = (0.5, 2.0)
   config.data.crop_size = (512, 512)
   config.data.eval_size = (2048, 2048)
-  config.data.image_pad_value = 0
+  config.data.image_pad_value = (124, 116, 104)
+  config.data.cat_max_ratio = 0.75
+  config.data.photometric_distortion = True
+  config.data.eval_scale = (2048, 512)
+  config.data.eval_label_size = (2048, 2048)
 
   config.model.name = 'fcn'
   config.model.backbone.depth = 101

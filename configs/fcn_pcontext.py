@@ -28,7 +28,11 @@ def get_config():
   config.data.ratio_range = (0.5, 2.0)
   config.data.crop_size = (480, 480)
   config.data.eval_size = (520, 520)
-  config.data.image_pad_value = 0
+  config.data.image_pad_value = (0, 0, 0)
+  config.data.cat_max_ratio = 1.0
+  config.data.photometric_distortion = False
+  config.data.eval_scale = (520, 520)
+  config.data.eval_label_size = (500, 500)
 
   config.model.name = 'fcn'
   config.model.backbone.depth = 101

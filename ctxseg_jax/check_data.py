@@ -1,6 +1,14 @@
-"""`--mode check_data`: decode every sample of the configured splits and report every problem, by file."""
+"""`--mode check_data`: decode every sample of the configured splits and report every problem, by file.
+
+Files are decoded by `config.data.worker_count` threads (at least 1; decoding releases the GIL), with a progress
+bar on stderr. Reported: listing problems (an image without its label, ...), unreadable or truncated files,
+label values outside the classes and the ignore value, image/label size mismatches, eval images that do not fit
+the static eval shapes, split sizes that differ from the official ones, and the class frequencies per split.
+"""
 from __future__ import annotations
 
+import concurrent.futures
+import sys
 import time
 
 import ml_collections
@@ -8,44 +16,96 @@ import numpy as np
 
 from ctxseg_jax import reporting
 from ctxseg_jax.data import datasets
+from ctxseg_jax.data import transforms
 from ctxseg_jax.data.datasets.base import DataError, check_sample
+
+
+class ProgressBar:
+  """One self-updating line on a terminal; a line per tenth of the work elsewhere (logs, CI)."""
+
+  def __init__(self, title: str, total: int, stream=None):
+    self.title, self.total, self.stream = title, max(total, 1), stream or sys.stderr
+    self.start, self.done, self._last_tenth = time.time(), 0, -1
+    self.interactive = hasattr(self.stream, 'isatty') and self.stream.isatty()
+
+  def update(self, done: int) -> None:
+    self.done = done
+    elapsed = time.time() - self.start
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = (self.total - done) / rate if rate > 0 else 0.0
+    filled = int(30 * done / self.total)
+    line = (f'{self.title} [{"#" * filled}{"." * (30 - filled)}] {done}/{self.total} '
+            f'{rate:.1f} files/s, {elapsed:.0f}s elapsed, ETA {eta:.0f}s')
+    if self.interactive:
+      print('\r' + line, end='\n' if done >= self.total else '', file=self.stream, flush=True)
+    elif done * 10 // self.total > self._last_tenth or done >= self.total:
+      self._last_tenth = done * 10 // self.total
+      print(line, file=self.stream, flush=True)
+
+
+def _check_one(source, index: int, info, eval_shapes: tuple | None) -> tuple[list[str], np.ndarray | None]:
+  """Problems of sample `index` and its label histogram (None when it could not be read)."""
+  name = source.sample_name(index)
+  try:
+    sample = source[index]
+  except DataError as e:
+    return [str(e)], None
+  except Exception as e:  # an unexpected decoder failure still names the sample
+    return [f'{name}: {type(e).__name__}: {e}'], None
+  label_file = source.label_path(index) if hasattr(source, 'label_path') else None
+  problems = check_sample(sample, info, name, label_file)
+  if problems:
+    return problems, None
+  if eval_shapes is not None:
+    image_limit, label_limit, eval_scale = eval_shapes
+    height, width = sample['label'].shape
+    resized = transforms.eval_rescale_size(height, width, eval_scale)
+    if resized[0] > image_limit[0] or resized[1] > image_limit[1]:
+      problems.append(f'{name}: {resized[0]}x{resized[1]} (HxW) after the eval resize is larger than '
+                      f'config.data.eval_size={image_limit}')
+    if height > label_limit[0] or width > label_limit[1]:
+      key = 'eval_label_size' if label_limit != image_limit or any(eval_scale) else 'eval_size'
+      problems.append(f'{name}: its label is {height}x{width} (HxW), larger than the padded eval label size '
+                      f'{label_limit} (config.data.{key})')
+  return problems, np.bincount(sample['label'].reshape(-1), minlength=256)
+
+
+def check_split(config: ml_collections.ConfigDict, split: str, info) -> list[str]:
+  """Checks one split; prints its notes and class frequencies; returns its problems."""
+  try:
+    source = datasets.build_source(config.data, split, strict=False)
+  except DataError as e:
+    return [str(e)]
+  problems = list(getattr(source, 'problems', []))
+  for note in getattr(source, 'notes', []):
+    reporting.console(f'Note: {note}')
+  eval_shapes = None
+  if split == config.data.eval_split:
+    eval_shapes = (tuple(config.data.eval_size), transforms.eval_label_size(config.data),
+                   tuple(config.data.eval_scale))
+  counts = np.zeros(256, np.int64)
+  progress = ProgressBar(f'Checking {info.name}/{split}', len(source))
+  with concurrent.futures.ThreadPoolExecutor(max(config.data.worker_count, 1)) as pool:
+    results = pool.map(lambda i: _check_one(source, i, info, eval_shapes), range(len(source)))
+    for done, (sample_problems, histogram) in enumerate(results, 1):
+      problems.extend(sample_problems)
+      if histogram is not None:
+        counts += histogram
+      progress.update(done)
+  reporting.console(_frequency_table(split, counts, info))
+  return problems
 
 
 def check_data(config: ml_collections.ConfigDict) -> list[str]:
   """Walks the train and eval splits; prints class frequencies; returns the problems found (empty when clean)."""
+  if config.data.name == 'cityscapes_tfds':
+    return ['--mode check_data reads files: TFDS verifies its own records. To check the unzipped Cityscapes '
+            'files, run it with --config.data.name=cityscapes --config.data.root=<folder with leftImg8bit/ and '
+            'gtFine/>']
   info = datasets.dataset_info(config.data)
   problems: list[str] = []
   for split in dict.fromkeys((config.data.train_split, config.data.eval_split)):
-    try:
-      source = datasets.build_source(config.data, split)
-    except DataError as e:
-      problems.append(str(e))
-      continue
-    counts = np.zeros(256, np.int64)
-    start, n = time.time(), len(source)
-    eval_h, eval_w = config.data.eval_size
-    for index in range(n):
-      name = source.sample_name(index)
-      try:
-        sample = source[index]
-      except DataError as e:
-        problems.append(str(e))
-        continue
-      except Exception as e:  # an unexpected decoder failure still names the sample
-        problems.append(f'{name}: {type(e).__name__}: {e}')
-        continue
-      label_file = source.label_path(index) if hasattr(source, 'label_path') else None
-      sample_problems = check_sample(sample, info, name, label_file)
-      problems.extend(sample_problems)
-      if sample_problems:
-        continue
-      counts += np.bincount(sample['label'].reshape(-1), minlength=256)
-      height, width = sample['label'].shape
-      if split == config.data.eval_split and (height > eval_h or width > eval_w):
-        problems.append(f'{name}: {height}x{width} (HxW) is larger than config.data.eval_size={(eval_h, eval_w)}')
-      if (index + 1) % max(n // 10, 1) == 0 or index + 1 == n:
-        reporting.console(f'  {split}: {index + 1}/{n} samples checked ({time.time() - start:.1f}s)')
-    reporting.console(_frequency_table(split, counts, info))
+    problems.extend(check_split(config, split, info))
   if problems:
     reporting.console(f'{len(problems)} problem(s):\n  ' + '\n  '.join(problems))
   else:

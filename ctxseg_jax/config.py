@@ -30,6 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic_context'   # see ctxseg_jax.data.datasets.DATASETS
   c.data.root = ''                    # dataset folder (local or gs://), for datasets read from disk
+  c.data.loader = 'grain'             # 'grain' (Python workers) or 'tfdata' (tf.data graph, needs tensorflow)
+  c.data.tfds_data_dir = ''           # data.name='cityscapes_tfds': where TFDS prepares the dataset
+                                      # ('' = TFDS default); data.root is its manual_dir (the two zips)
   c.data.train_split = 'train'
   c.data.eval_split = 'val'
   c.data.base_size = 512              # random rescale is relative to this long side (PTE/HRNet) ...
@@ -38,12 +41,25 @@ def base_config() -> ml_collections.ConfigDict:
                                       # scale (base_size, base_short_side), e.g. ADE20K (2048, 512)); 0: long side only
   c.data.crop_size = (512, 512)       # (height, width) of training crops
   c.data.flip = True                  # random horizontal flip, p = 0.5
-  c.data.eval_size = (512, 512)       # (height, width): eval images are padded (label: ignore) to this size
+  c.data.cat_max_ratio = 1.0          # < 1: re-draw the crop (up to 10 times) while one class covers more than
+                                      # this share of its labelled pixels (mmseg RandomCrop; 0.75 in its configs)
+  c.data.photometric_distortion = False  # mmseg PhotoMetricDistortion after the flip (on in mmseg's configs)
+  c.data.eval_scale = (0, 0)          # (long, short): keep-ratio resize of eval images by
+                                      # min(long / long side, short / short side) (mmseg Resize keep_ratio=True);
+                                      # predictions are resized back and scored at the original resolution.
+                                      # (0, 0): native resolution
+  c.data.eval_size = (512, 512)       # (height, width): eval images (after eval_scale) are padded to this size
+  c.data.eval_label_size = (0, 0)     # (height, width) that original-resolution eval labels are padded to;
+                                      # (0, 0): eval_size. Only needed with eval_scale when originals are larger
   c.data.mean = IMAGENET_MEAN
   c.data.std = IMAGENET_STD
-  c.data.image_pad_value = 0          # pixel value for padded image areas (PTE pads raw pixels with 0)
-  c.data.worker_count = 2             # grain worker processes per host (0: in the main process)
-  c.data.worker_buffer_size = 2       # batches each worker prepares ahead
+  c.data.image_pad_value = (0, 0, 0)  # RGB of padded image areas, before normalisation. PyTorch-Encoding pads raw
+                                      # pixels with 0; mmseg pads normalised images with 0, i.e. the mean colour:
+                                      # (124, 116, 104), the uint8 nearest to the ImageNet mean
+  c.data.worker_count = 2             # grain: worker processes per host (0: in the main process);
+                                      # tf.data: samples decoded in parallel (0: sequential)
+  c.data.worker_buffer_size = 2       # batches each worker (or the main process) prepares ahead, one per thread
+                                      # (grain); tf.data: batches prefetched
   # Procedurally generated dataset (data.name = 'synthetic_context'); deterministic from (seed, index).
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.image_size = 96
@@ -111,6 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
+    'data.loader': ('grain', 'tfdata'),
     'model.dtype': ('float32', 'bfloat16'),
     'model.backbone.depth': (18, 34, 50, 101, 152),
     'model.backbone.stem': ('v1c', 's', 'pytorch'),
@@ -170,8 +187,26 @@ def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str]
       errors.append(f'config.{key}={get(config, key)!r} must be in [0, 1)')
   for key in ('data.crop_size', 'data.eval_size', 'data.ratio_range'):
     _pair(config, key, errors)
+  for key in ('data.eval_scale', 'data.eval_label_size'):
+    _pair(config, key, errors, positive=False)
+    value = get(config, key)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and (min(value) < 0 or (0 in value and any(value))):
+      errors.append(f'config.{key}={value!r} must be two positive numbers, or (0, 0) for the default')
+  if not 0 < config.data.cat_max_ratio <= 1:
+    errors.append(f'config.data.cat_max_ratio={config.data.cat_max_ratio!r} must be in (0, 1]; 1 turns it off')
   if not errors and config.data.ratio_range[0] > config.data.ratio_range[1]:
     errors.append(f'config.data.ratio_range={config.data.ratio_range!r} must be (low, high) with low <= high')
+  pad = config.data.image_pad_value
+  if not (isinstance(pad, (tuple, list)) and len(pad) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in pad)):
+    errors.append(f'config.data.image_pad_value={pad!r} must be three integers in 0..255 (R, G, B), e.g. '
+                  '--config.data.image_pad_value="(0, 0, 0)"')
+  for key in ('data.eval_scale', 'data.eval_label_size'):
+    value = get(config, key)
+    if isinstance(value, (tuple, list)) and not all(isinstance(v, int) for v in value):
+      errors.append(f'config.{key}={value!r} must hold integers (pixels)')
+  if config.data.name == 'cityscapes_tfds' and config.data.loader != 'tfdata':
+    errors.append("config.data.name='cityscapes_tfds' is read through TFDS by the tf.data loader: set "
+                  "--config.data.loader=tfdata (or read the unzipped files with --config.data.name=cityscapes)")
   for key in ('data.mean', 'data.std'):
     value = get(config, key)
     if not (isinstance(value, (tuple, list)) and len(value) == 3):

@@ -52,7 +52,8 @@ class MetricWriter:
     self._append(json.dumps(record) + '\n')
     writer = self._tensorboard_writer(split)
     for name, value in scalars.items():
-      writer.add_scalar(name, float(value), global_step=int(step), walltime=time.time())
+      if math.isfinite(float(value)):  # a class absent from the split has no IoU: a gap in the curve, not a NaN
+        writer.add_scalar(name, float(value), global_step=int(step), walltime=time.time())
     writer.flush()
 
   def _append(self, line: str) -> None:

@@ -12,7 +12,7 @@ import optax
 
 from ctxseg_jax import metrics
 from ctxseg_jax.losses import segmentation_loss
-from ctxseg_jax.models.layers.resize import resize_bilinear
+from ctxseg_jax.models.layers.resize import resize_bilinear, resize_bilinear_regions
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -74,6 +74,15 @@ def predict_logits(variables: dict, images: jax.Array, *, model: nn.Module,
 
 def eval_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
               config: ml_collections.ConfigDict, num_classes: int, ignore_index: int) -> jax.Array:
-  """The (K, K) int32 confusion matrix of one global batch."""
+  """The (K, K) int32 confusion matrix of one global batch.
+
+  The batch is {'image': uint8 (B, H, W, 3), 'label': uint8 (B, Lh, Lw), 'image_size': int (B, 2),
+  'label_size': int (B, 2)}. When the image was resized for evaluation (config.data.eval_scale) or the label is
+  padded to another size, the logits of each image's region are resized back to its original label size first,
+  so scoring happens at the original resolution, as mmseg, HRNet and PyTorch-Encoding do.
+  """
   logits = predict_logits(variables, batch['image'], model=model, config=config)
+  label_shape = batch['label'].shape[1:3]
+  if any(config.data.eval_scale) or label_shape != logits.shape[1:3]:
+    logits = resize_bilinear_regions(logits, batch['image_size'], batch['label_size'], label_shape)
   return metrics.confusion_matrix(jnp.argmax(logits, axis=-1), batch['label'], num_classes, ignore_index)

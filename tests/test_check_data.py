@@ -8,6 +8,7 @@ from PIL import Image
 
 from ctxseg_jax.check_data import check_data
 from ctxseg_jax.data import export
+from tests import layouts
 from tests.tiny_config import get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,3 +52,25 @@ def test_each_corrupted_file_is_named(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, 'XLA_FLAGS': ''})
   assert result.returncode == 1
   assert str(truncated) in result.stdout and str(bad_label) in result.stdout
+
+
+def test_real_layout_defects_are_all_reported_and_the_rest_checked(tmp_path, capsys):
+  written = layouts.ade20k(tmp_path, size=(24, 32))
+  orphan_image, orphan_label, _ = written['train'][0]
+  orphan_label.unlink()
+  truncated = written['train'][1][0]
+  truncated.write_bytes(truncated.read_bytes()[:200])
+  _, bad_label, raw = written['val'][1]
+  raw = raw.copy()
+  raw[0, 0] = 151
+  Image.fromarray(raw).save(bad_label)
+  config = get_config()
+  config.data.name, config.data.root = 'ade20k', str(tmp_path)
+  problems = check_data(config)
+  assert len(problems) == 3
+  assert str(orphan_image) in problems[0] and str(orphan_label) in problems[0]
+  assert str(truncated) in problems[1]
+  assert str(bad_label) in problems[2] and '[151]' in problems[2]
+  out = capsys.readouterr()
+  assert 'found 2 image/label pairs, the official split has 20210' in out.out  # the split-size note
+  assert 'Checking ade20k/train' in out.err and '3/3' not in out.err and '2/2' in out.err  # the orphan is skipped

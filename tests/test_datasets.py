@@ -173,14 +173,18 @@ def test_dataset_metadata_spot_checks():
     ('pascal_context_60', 'ImageSets/SegmentationContext'),
     ('ade20k', 'annotations/{training,validation}'),
     ('cityscapes', '_gtFine_labelTrainIds.png'),
+    ('coco_stuff164k', 'annotations/{train2017,val2017}'),
+    ('coco_stuff10k', 'annotations/{train2014,test2014}'),
+    ('camvid', 'trainannot'),
 ])
-def test_registered_datasets_without_reader_explain_themselves(name, layout_fragment, tmp_path):
+def test_disk_datasets_explain_a_missing_root_or_layout(name, layout_fragment, tmp_path):
   with pytest.raises(datasets.DataError, match=r'config\.data\.root is empty.*--config\.data\.root=') as error:
     datasets.build_source(_data_config(name=name), 'train')
-  assert layout_fragment in str(error.value)
-  with pytest.raises(datasets.DataError, match='not implemented yet in this version') as error:
+  assert layout_fragment in str(error.value) and 'Prepare it' in str(error.value)
+  with pytest.raises(datasets.DataError, match='is missing') as error:
     datasets.build_source(_data_config(name=name, root=str(tmp_path)), 'train')
   assert layout_fragment in str(error.value) and str(tmp_path) in str(error.value)
+  assert 'Prepare it' in str(error.value)
 
 
 # --- folder layout -------------------------------------------------------------------------------------------
@@ -263,17 +267,21 @@ def test_folder_truncated_label(exported):
 def test_folder_image_without_label(exported):
   root, _ = exported
   (root / 'labels' / 'train' / '000001.png').unlink()
+  (root / 'labels' / 'train' / '000002.png').unlink()
   with pytest.raises(datasets.DataError) as error:
-    datasets.FolderSource(root, 'train')
-  assert str(root / 'images' / 'train' / '000001.png') in str(error.value)
-  assert str(root / 'labels' / 'train' / '000001.png') in str(error.value)
+    datasets.build_source(_data_config(name='folder', root=str(root)), 'train')
+  for stem in ('000001', '000002'):  # every orphan is named, not just the first
+    assert str(root / 'images' / 'train' / f'{stem}.png') in str(error.value)
+    assert str(root / 'labels' / 'train' / f'{stem}.png') in str(error.value)
+  source = datasets.FolderSource(root, 'train')  # lenient construction keeps the complete pairs
+  assert len(source) == 1 and len(source.problems) == 2
 
 
 def test_folder_label_without_image(exported):
   root, _ = exported
   (root / 'images' / 'train' / '000001.png').unlink()
   with pytest.raises(datasets.DataError, match=re.escape(str(root / 'labels' / 'train' / '000001.png'))):
-    datasets.FolderSource(root, 'train')
+    datasets.build_source(_data_config(name='folder', root=str(root)), 'train')
 
 
 def test_folder_missing_root(tmp_path):

@@ -1,3 +1,5 @@
+import threading
+
 import ml_collections
 import numpy as np
 import pytest
@@ -113,8 +115,11 @@ def test_train_rescale_long_side_or_mmseg_keep_ratio_scale(monkeypatch, shape, b
   sizes = []
   real_resize = transforms.resize
 
+  caller = threading.get_ident()
+
   def spy(image, label, size):
-    sizes.append(tuple(size))
+    if threading.get_ident() == caller:  # not the prefetch threads of iterators from other tests
+      sizes.append(tuple(size))
     return real_resize(image, label, size)
 
   monkeypatch.setattr(transforms, 'resize', spy)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -24,10 +25,6 @@ from ctxseg_jax import config as config_lib
 from ctxseg_jax.data import datasets
 from ctxseg_jax.data.datasets import folder
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file whose data section names the dataset.')
-_OUT = flags.DEFINE_string('out', None, 'Output dataset folder (local or gs://).')
-_SPLITS = flags.DEFINE_list('splits', None, 'Splits to export; default: config.data.train_split and eval_split.')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace splits that already exist in --out.')
 
 _IGNORE_COLOUR = (255, 255, 255)
 
@@ -43,13 +40,14 @@ def write_dataset_json(info: datasets.DatasetInfo, out_root: str | epath.PathLik
   (out_root / folder.INFO_FILE).write_text(json.dumps(info_json(info), indent=2) + '\n')
 
 
-def _png(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image) -> bytes:
+  """Lossless PNG encoding of a PIL image."""
   buffer = io.BytesIO()
   image.save(buffer, format='PNG')
   return buffer.getvalue()
 
 
-def _label_palette(info: datasets.DatasetInfo) -> list[int]:
+def label_palette(info: datasets.DatasetInfo) -> list[int]:
   """A 256-entry flat RGB palette: class colours, `_IGNORE_COLOUR` at ignore_index, black elsewhere."""
   colours = np.zeros((256, 3), np.uint8)
   colours[:info.num_classes] = info.palette
@@ -72,7 +70,7 @@ def export_split(source: datasets.SegmentationSource, out_root: str | epath.Path
         raise datasets.DataError(f'{d} already holds files; choose an empty --out or pass --overwrite')
       d.rmtree()
     d.mkdir(parents=True, exist_ok=True)
-  palette = _label_palette(source.info)
+  palette = label_palette(source.info)
   width = max(6, len(str(len(source) - 1)))
   for index in range(len(source)):
     sample = source[index]
@@ -80,10 +78,10 @@ def export_split(source: datasets.SegmentationSource, out_root: str | epath.Path
     if problems:
       raise datasets.DataError('\n'.join(problems))
     stem = f'{index:0{width}d}'
-    (image_dir / f'{stem}.png').write_bytes(_png(Image.fromarray(sample['image'])))
+    (image_dir / f'{stem}.png').write_bytes(png_bytes(Image.fromarray(sample['image'])))
     label = Image.fromarray(sample['label'])
     label.putpalette(palette)
-    (label_dir / f'{stem}.png').write_bytes(_png(label))
+    (label_dir / f'{stem}.png').write_bytes(png_bytes(label))
     if (index + 1) % 500 == 0:
       logging.info('%s: %d / %d samples written', split, index + 1, len(source))
   return len(source)
@@ -99,21 +97,34 @@ def export(config, out_root: str | epath.PathLike, splits: list[str], *, overwri
   write_dataset_json(info, out_root)
 
 
-def main(argv: list[str]) -> None:
+def run_dataset_cli(argv: list[str], config, out: str | None, splits: list[str] | None,
+                    write: Callable[[Any, str, list[str]], None], done: str) -> None:
+  """The shared body of the dataset-writing CLIs (export, pack): checks the arguments and the config, runs
+  write(config, out, splits) (default splits: train_split and eval_split) and prints `done` (formatted with
+  splits and out), or exits with the config or data error."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _CONFIG.value is None or not _OUT.value:
+  if config is None or not out:
     raise app.UsageError('pass --config=<config.py> and --out=<folder>')
-  config = _CONFIG.value
-  splits = _SPLITS.value or list(dict.fromkeys([config.data.train_split, config.data.eval_split]))
+  splits = splits or list(dict.fromkeys([config.data.train_split, config.data.eval_split]))
   try:
     config_lib.validate(config, known_datasets=datasets.DATASETS)
-    export(config, _OUT.value, splits, overwrite=_OVERWRITE.value)
+    write(config, out, splits)
   except (config_lib.ConfigError, datasets.DataError) as e:
     sys.exit(f'error: {e}')
-  print(f'wrote {", ".join(splits)} to {_OUT.value}; train on it with '
-        f'--config.data.name=folder --config.data.root={_OUT.value}')
+  print(done.format(splits=', '.join(splits), out=out))
+
+
+def main(argv: list[str]) -> None:
+  run_dataset_cli(argv, _CONFIG.value, _OUT.value, _SPLITS.value,
+                  lambda config, out, splits: export(config, out, splits, overwrite=_OVERWRITE.value),
+                  'wrote {splits} to {out}; train on it with --config.data.name=folder --config.data.root={out}')
 
 
 if __name__ == '__main__':
+  # Flags are defined only when run as a program, so the module imports anywhere without flag clashes.
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file whose data section names the dataset.')
+  _OUT = flags.DEFINE_string('out', None, 'Output dataset folder (local or gs://).')
+  _SPLITS = flags.DEFINE_list('splits', None, 'Splits to export; default: config.data.train_split and eval_split.')
+  _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace splits that already exist in --out.')
   app.run(main)

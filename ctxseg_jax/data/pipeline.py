@@ -50,6 +50,16 @@ def _process_shard(dataset: grain.MapDataset, process_index: int | None,
   return dataset[:usable][index::count]
 
 
+def _read_options(data_config: ml_collections.ConfigDict) -> grain.ReadOptions:
+  """Each process (the main one, or each worker) prepares worker_buffer_size batches ahead, one per thread.
+
+  grain's defaults (16 threads, 500 prefetched elements) would hold up to 500 batches per process: gigabytes
+  for Cityscapes-sized crops.
+  """
+  ahead = max(data_config.worker_buffer_size, 1)
+  return grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead)
+
+
 def _with_workers(dataset: grain.IterDataset, worker_count: int,
                   worker_buffer_size: int) -> grain.DatasetIterator:
   if not worker_count:
@@ -76,9 +86,10 @@ def train_iterator(source: SegmentationSource, data_config: ml_collections.Confi
   augment = transforms.TrainAugment(
       base_size=data_config.base_size, ratio_range=tuple(data_config.ratio_range),
       crop_size=tuple(data_config.crop_size), flip=data_config.flip, image_pad_value=data_config.image_pad_value,
-      base_short_side=data_config.base_short_side)
+      base_short_side=data_config.base_short_side, cat_max_ratio=data_config.cat_max_ratio,
+      photometric_distortion=data_config.photometric_distortion)
   dataset = (shard.seed(seed).shuffle().repeat().random_map(augment)
-             .batch(per_process_batch, drop_remainder=True).to_iter_dataset())
+             .batch(per_process_batch, drop_remainder=True).to_iter_dataset(_read_options(data_config)))
   workers = data_config.worker_count if worker_count is None else worker_count
   return _with_workers(dataset, workers, data_config.worker_buffer_size)
 
@@ -88,15 +99,17 @@ def eval_batches(source: SegmentationSource, data_config: ml_collections.ConfigD
                  worker_count: int | None = None) -> tuple[Iterator[dict], int]:
   """One pass over the split in this process's share of static-shape batches.
 
-  Returns (iterator of {'image': uint8 (b, H, W, 3), 'label': uint8 (b, H, W)}, number of batches), where
-  (H, W) = config.data.eval_size and b = global_batch / process_count.
+  Returns (iterator of batches, number of batches); each batch holds b = global_batch / process_count samples
+  {'image': uint8 (b, *eval_size, 3), 'label': uint8 (b, *label size) at original resolution, 'image_size':
+  int32 (b, 2), 'label_size': int32 (b, 2)} (see transforms.EvalPreprocess).
   """
   count = jax.process_count() if process_count is None else process_count
   num_batches = -(-len(source) // global_batch)
   padded = grain.MapDataset.source(PaddedEvalSource(source, num_batches * global_batch))
   dataset = (_process_shard(padded, process_index, count)
-             .map(transforms.EvalPad(tuple(data_config.eval_size), data_config.image_pad_value))
-             .batch(global_batch // count, drop_remainder=True).to_iter_dataset())
+             .map(transforms.EvalPreprocess(tuple(data_config.eval_size), transforms.eval_label_size(data_config),
+                                            tuple(data_config.eval_scale), data_config.image_pad_value))
+             .batch(global_batch // count, drop_remainder=True).to_iter_dataset(_read_options(data_config)))
   workers = data_config.worker_count if worker_count is None else worker_count
   return _closing(_with_workers(dataset, workers, data_config.worker_buffer_size)), num_batches
 

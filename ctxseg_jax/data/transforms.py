@@ -11,9 +11,10 @@ import grain
 import numpy as np
 from PIL import Image
 
-from ctxseg_jax.data.datasets.base import DataError
+from ctxseg_jax.data import photometric
+from ctxseg_jax.data.datasets.base import IGNORE_INDEX, DataError
 
-IGNORE = 255
+IGNORE = IGNORE_INDEX
 
 
 def resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -26,33 +27,68 @@ def resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple
   return image, label
 
 
-def pad_to(image: np.ndarray, label: np.ndarray, size: tuple[int, int],
-           image_pad_value: int) -> tuple[np.ndarray, np.ndarray]:
-  """Pads bottom/right up to at least (height, width): image with image_pad_value, label with ignore."""
-  pad_h, pad_w = max(size[0] - image.shape[0], 0), max(size[1] - image.shape[1], 0)
+def pad_image(image: np.ndarray, size: tuple[int, int], value) -> np.ndarray:
+  """Pads a (h, w, 3) image bottom/right up to at least (height, width) with `value` (one int, or one per
+  channel)."""
+  height, width = max(size[0], image.shape[0]), max(size[1], image.shape[1])
+  if (height, width) == image.shape[:2]:
+    return image
+  out = np.empty((height, width, 3), np.uint8)
+  out[...] = np.asarray(value, np.uint8)
+  out[:image.shape[0], :image.shape[1]] = image
+  return out
+
+
+def pad_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Pads a (h, w) label bottom/right with ignore up to at least (height, width)."""
+  pad_h, pad_w = max(size[0] - label.shape[0], 0), max(size[1] - label.shape[1], 0)
   if pad_h == 0 and pad_w == 0:
-    return image, label
-  image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=image_pad_value)
-  label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=IGNORE)
-  return image, label
+    return label
+  return np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=IGNORE)
+
+
+def crop_with_cat_max_ratio(label: np.ndarray, crop_size: tuple[int, int], cat_max_ratio: float,
+                            rng: np.random.Generator) -> tuple[int, int]:
+  """Draws the (top, left) of a crop of at most crop_size inside a (H, W) label.
+
+  With cat_max_ratio < 1 the crop is re-drawn up to 10 times while one class covers cat_max_ratio or more of the
+  crop's non-ignored pixels, or fewer than two classes are present; the last draw is kept (mmseg RandomCrop).
+  """
+  crop_h, crop_w = min(crop_size[0], label.shape[0]), min(crop_size[1], label.shape[1])
+  draw = lambda: (int(rng.integers(0, label.shape[0] - crop_h + 1)), int(rng.integers(0, label.shape[1] - crop_w + 1)))
+  top, left = draw()
+  if cat_max_ratio < 1:
+    for _ in range(10):
+      counts = np.bincount(label[top:top + crop_h, left:left + crop_w].reshape(-1), minlength=256)
+      counts[IGNORE] = 0
+      counts = counts[counts > 0]
+      if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+        break
+      top, left = draw()
+  return top, left
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainAugment(grain.transforms.RandomMap):
-  """Random rescale -> pad -> random crop -> random horizontal flip (PyTorch-Encoding/HRNet order).
+  """Random rescale -> random crop -> flip -> optional photometric distortion -> pad to the crop size.
 
-  The long side is rescaled to base_size * r, r ~ U(ratio_range), keeping the aspect ratio; with
-  base_short_side > 0 the scale is also capped so that the short side is at most base_short_side * r (mmseg's
-  keep-ratio RandomResize with scale (base_size, base_short_side)). Images smaller than the crop are padded
-  (image: image_pad_value, label: ignore). Output: {'image': uint8 (crop_h, crop_w, 3), 'label': uint8 (crop_h,
-  crop_w)}.
+  This is mmseg's order (RandomResize, RandomCrop, RandomFlip, PhotoMetricDistortion, then padding to the crop
+  size), and PyTorch-Encoding's up to the order of flip and crop, which commute in distribution. The long side
+  is rescaled to base_size * r, r ~ U(ratio_range), keeping the aspect ratio; with base_short_side > 0 the scale
+  is also capped so that the short side is at most base_short_side * r (mmseg's keep-ratio RandomResize with
+  scale (base_size, base_short_side)). The crop is at most crop_size (an image smaller than the crop is taken
+  whole); cat_max_ratio < 1 re-draws crops dominated by one class (mmseg RandomCrop). Padding goes bottom/right
+  (image: image_pad_value, label: ignore), after the flip and the distortion, so padded pixels are never moved
+  or distorted. Output: {'image': uint8 (crop_h, crop_w, 3), 'label': uint8 (crop_h, crop_w)}.
   """
   base_size: int
   ratio_range: tuple[float, float]
   crop_size: tuple[int, int]
   flip: bool
-  image_pad_value: int
+  image_pad_value: int | tuple[int, int, int]
   base_short_side: int = 0
+  cat_max_ratio: float = 1.0
+  photometric_distortion: bool = False
 
   def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
     image, label = sample['image'], sample['label']
@@ -63,28 +99,64 @@ class TrainAugment(grain.transforms.RandomMap):
     if self.base_short_side > 0:
       scale = min(scale, max(int(round(self.base_short_side * ratio)), 1) / min(height, width))
     image, label = resize(image, label, (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1)))
-    image, label = pad_to(image, label, self.crop_size, self.image_pad_value)
+    top, left = crop_with_cat_max_ratio(label, self.crop_size, self.cat_max_ratio, rng)
     crop_h, crop_w = self.crop_size
-    top = rng.integers(0, image.shape[0] - crop_h + 1)
-    left = rng.integers(0, image.shape[1] - crop_w + 1)
     image = image[top:top + crop_h, left:left + crop_w]
     label = label[top:top + crop_h, left:left + crop_w]
     if self.flip and rng.random() < 0.5:
       image, label = image[:, ::-1], label[:, ::-1]
-    return {'image': np.ascontiguousarray(image), 'label': np.ascontiguousarray(label)}
+    image = np.ascontiguousarray(image)
+    if self.photometric_distortion:
+      image = photometric.photometric_distortion(image, rng)
+    return {'image': pad_image(image, self.crop_size, self.image_pad_value),
+            'label': pad_label(np.ascontiguousarray(label), self.crop_size)}
+
+
+def eval_rescale_size(height: int, width: int, eval_scale: tuple[int, int]) -> tuple[int, int]:
+  """(h, w) after the keep-ratio eval resize: factor min(long / long side, short / short side), rounded half up
+  (mmcv rescale_size); eval_scale (0, 0) keeps the size."""
+  if not any(eval_scale):
+    return height, width
+  long_bound, short_bound = max(eval_scale), min(eval_scale)
+  factor = min(long_bound / max(height, width), short_bound / min(height, width))
+  return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalPad(grain.transforms.Map):
-  """Pads each sample to the static eval size; labels of padded areas are ignore, so metrics are unaffected."""
+class EvalPreprocess(grain.transforms.Map):
+  """Keep-ratio resize of the image (eval_scale, or native), then padding to static shapes.
+
+  The label keeps its original resolution (predictions are resized back to it before scoring) and is padded
+  with ignore to label_size. Output: {'image': uint8 (*eval_size, 3), 'label': uint8 label_size,
+  'image_size': int32 (2,) the resized (h, w) before padding, 'label_size': int32 (2,) the original (h, w)}.
+  """
   eval_size: tuple[int, int]
-  image_pad_value: int
+  label_size: tuple[int, int]
+  eval_scale: tuple[int, int]
+  image_pad_value: int | tuple[int, int, int]
 
   def map(self, sample: dict) -> dict:
     image, label = sample['image'], sample['label']
-    if image.shape[0] > self.eval_size[0] or image.shape[1] > self.eval_size[1]:
-      raise DataError(f'{sample.get("name", "sample")}: image is {image.shape[0]}x{image.shape[1]} (HxW), larger '
-                      f'than config.data.eval_size={tuple(self.eval_size)}; set --config.data.eval_size to at '
-                      f'least the largest image size of the eval split')
-    image, label = pad_to(image, label, self.eval_size, self.image_pad_value)
-    return {'image': image, 'label': label}
+    height, width = label.shape
+    name = sample.get('name', 'sample')
+    if height > self.label_size[0] or width > self.label_size[1]:
+      key = 'eval_label_size' if tuple(self.label_size) != tuple(self.eval_size) or any(self.eval_scale) \
+          else 'eval_size'
+      raise DataError(f'{name}: label is {height}x{width} (HxW), larger than the padded eval label size '
+                      f'{tuple(self.label_size)}; set --config.data.{key} to at least the largest image size of '
+                      'the eval split')
+    resized = eval_rescale_size(height, width, self.eval_scale)
+    if resized[0] > self.eval_size[0] or resized[1] > self.eval_size[1]:
+      raise DataError(f'{name}: image is {resized[0]}x{resized[1]} (HxW) after the eval resize, larger than '
+                      f'config.data.eval_size={tuple(self.eval_size)}; set --config.data.eval_size to at least the '
+                      'largest (resized) image size of the eval split')
+    if resized != (height, width):
+      image = np.asarray(Image.fromarray(image).resize((resized[1], resized[0]), Image.BILINEAR))
+    return {'image': pad_image(image, self.eval_size, self.image_pad_value),
+            'label': pad_label(label, self.label_size), 'image_size': np.asarray(resized, np.int32),
+            'label_size': np.asarray((height, width), np.int32)}
+
+
+def eval_label_size(data_config) -> tuple[int, int]:
+  """The padded size of eval labels: config.data.eval_label_size, or eval_size when that is (0, 0)."""
+  return tuple(data_config.eval_label_size) if any(data_config.eval_label_size) else tuple(data_config.eval_size)

@@ -5,11 +5,16 @@ import dataclasses
 import difflib
 from typing import Callable
 
+from absl import logging
 import ml_collections
 
 from ctxseg_jax.data.datasets import ade20k
+from ctxseg_jax.data.datasets import camvid
 from ctxseg_jax.data.datasets import cityscapes
+from ctxseg_jax.data.datasets import coco_stuff
+from ctxseg_jax.data.datasets import files
 from ctxseg_jax.data.datasets import folder
+from ctxseg_jax.data.datasets import packed
 from ctxseg_jax.data.datasets import pascal_context
 from ctxseg_jax.data.datasets import synthetic_context
 from ctxseg_jax.data.datasets.base import DataError, DatasetInfo, SegmentationSource, check_sample
@@ -41,17 +46,29 @@ def _folder_root(data_config: ml_collections.ConfigDict) -> str:
   return data_config.root
 
 
+def _tfds_only(data_config: ml_collections.ConfigDict, split: str) -> SegmentationSource:
+  raise DataError('data.name=cityscapes_tfds is read through TFDS by the tf.data loader: set '
+                  '--config.data.loader=tfdata, or read the unzipped files with --config.data.name=cityscapes')
+
+
 DATASETS: dict[str, DatasetEntry] = {
     'synthetic_context': DatasetEntry(info=lambda data_config: SYNTHETIC_CONTEXT_INFO, build=_synthetic_source),
     'folder': DatasetEntry(info=lambda data_config: folder_info(_folder_root(data_config)),
                            build=lambda data_config, split: FolderSource(_folder_root(data_config), split)),
-    # Metadata only for now: their build functions raise a DataError that names the expected layout.
+    'packed': DatasetEntry(info=lambda data_config: packed.packed_info(data_config.root),
+                           build=lambda data_config, split: packed.PackedSource(data_config.root, split)),
     'pascal_context_59': DatasetEntry(info=lambda data_config: pascal_context.PASCAL_CONTEXT_59_INFO,
                                       build=pascal_context.build_source_59),
     'pascal_context_60': DatasetEntry(info=lambda data_config: pascal_context.PASCAL_CONTEXT_60_INFO,
                                       build=pascal_context.build_source_60),
     'ade20k': DatasetEntry(info=lambda data_config: ade20k.ADE20K_INFO, build=ade20k.build_source),
     'cityscapes': DatasetEntry(info=lambda data_config: cityscapes.CITYSCAPES_INFO, build=cityscapes.build_source),
+    'cityscapes_tfds': DatasetEntry(info=lambda data_config: cityscapes.CITYSCAPES_INFO, build=_tfds_only),
+    'coco_stuff164k': DatasetEntry(info=lambda data_config: coco_stuff.COCO_STUFF_164K_INFO,
+                                   build=coco_stuff.build_source_164k),
+    'coco_stuff10k': DatasetEntry(info=lambda data_config: coco_stuff.COCO_STUFF_10K_INFO,
+                                  build=coco_stuff.build_source_10k),
+    'camvid': DatasetEntry(info=lambda data_config: camvid.CAMVID_INFO, build=camvid.build_source),
 }
 
 
@@ -69,13 +86,30 @@ def dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   return _entry(data_config).info(data_config)
 
 
-def build_source(data_config: ml_collections.ConfigDict, split: str) -> SegmentationSource:
-  """The configured dataset's split `split`; lists files but decodes nothing."""
-  return _entry(data_config).build(data_config, split)
+_NOTES_SHOWN: set[str] = set()
+
+
+def build_source(data_config: ml_collections.ConfigDict, split: str, *, strict: bool = True) -> SegmentationSource:
+  """The configured dataset's split `split`; lists files but decodes nothing.
+
+  With strict=True (training, evaluation) any listing problem (an image without its label, ...) raises one
+  DataError naming the files; with strict=False (`--mode check_data`) the source keeps them in `.problems` and
+  holds the complete pairs only.
+  """
+  source = _entry(data_config).build(data_config, split)
+  if strict:
+    if getattr(source, 'problems', None):
+      source.raise_problems()
+    for note in getattr(source, 'notes', ()):
+      if note not in _NOTES_SHOWN:  # a split is listed by training and evaluation alike: say it once
+        _NOTES_SHOWN.add(note)
+        logging.warning(note)
+  return source
 
 
 __all__ = [
     'DATASETS', 'DataError', 'DatasetEntry', 'DatasetInfo', 'FolderSource', 'SYNTHETIC_CONTEXT_INFO',
-    'SegmentationSource', 'SyntheticContextSource', 'ade20k', 'build_source', 'check_sample', 'cityscapes',
-    'dataset_info', 'folder', 'folder_info', 'pascal_context', 'synthetic_context',
+    'SegmentationSource', 'SyntheticContextSource', 'ade20k', 'build_source', 'camvid', 'check_sample',
+    'cityscapes', 'coco_stuff', 'dataset_info', 'files', 'folder', 'folder_info', 'packed', 'pascal_context',
+    'synthetic_context',
 ]

@@ -2,13 +2,14 @@
 
 Class names and palette are mmseg's `ADE20KDataset` (its spelling kept, including the trailing space of 'bed ').
 Label 0 ('other') is ignored and 1..150 become 0..149 (mmseg reduce_zero_label).
-The reader is not in this version: `build_source` explains the expected layout.
+Use the official ADEChallengeData2016 annotations: TFDS `scene_parse150` is a different labelling (see README).
 """
 from __future__ import annotations
 
 import ml_collections
 
 from ctxseg_jax.data.datasets import base
+from ctxseg_jax.data.datasets import files
 
 CLASS_NAMES = (
     'wall', 'building', 'sky', 'floor', 'tree', 'ceiling', 'road', 'bed ', 'windowpane', 'grass', 'cabinet',
@@ -62,5 +63,20 @@ LAYOUT = """\
   labels: 0 = other (ignored), 1..150 = the classes (mapped to 0..149)"""
 
 
-def build_source(data_config: ml_collections.ConfigDict, split: str) -> base.SegmentationSource:
-  raise base.reader_unavailable('ade20k', data_config.root, LAYOUT, ROOT_EXAMPLE)
+PREPARE = """\
+Prepare it: download ADEChallengeData2016.zip (http://data.csail.mit.edu/places/ADEchallenge/) and unzip it;
+data.root is the ADEChallengeData2016 folder."""
+
+_SPLIT_FOLDERS = {'train': 'training', 'val': 'validation', 'training': 'training', 'validation': 'validation'}
+
+
+def build_source(data_config: ml_collections.ConfigDict, split: str) -> files.FilePairSource:
+  root = files.dataset_root(data_config, 'ade20k', ROOT_EXAMPLE, LAYOUT, PREPARE)
+  folder = files.resolve_split('ade20k', split, _SPLIT_FOLDERS)
+  image_dir, label_dir = root / 'images' / folder, root / 'annotations' / folder
+  files.require_split_folders(split, image_dir, label_dir, LAYOUT, PREPARE)
+  pairs, problems = files.pair_folders(image_dir, label_dir, image_suffix='.jpg',
+                                       label_suffixes={'.png': 'reduce_zero'})
+  label_maps = {'reduce_zero': files.reduce_zero_map(ADE20K_INFO.num_classes, ADE20K_INFO.ignore_index)}
+  return files.FilePairSource(ADE20K_INFO, split, pairs, label_maps, problems=problems,
+                              expected_size=NUM_IMAGES['train' if folder == 'training' else 'val'], root=str(root))

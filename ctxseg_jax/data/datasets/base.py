@@ -15,6 +15,10 @@ from typing import Protocol
 import numpy as np
 
 
+# The label value for "not scored": padding and every dataset's ignored pixels (readers map their own to it).
+IGNORE_INDEX = 255
+
+
 class DataError(ValueError):
   """A dataset problem a person must fix: names the file or sample, what is wrong, and how to fix it."""
 
@@ -25,7 +29,7 @@ class DatasetInfo:
   name: str
   class_names: tuple[str, ...]
   palette: tuple[tuple[int, int, int], ...]  # one RGB colour per class, for visualisation
-  ignore_index: int = 255
+  ignore_index: int = IGNORE_INDEX
 
   @property
   def num_classes(self) -> int:
@@ -78,19 +82,3 @@ def check_sample(sample: dict, info: DatasetInfo, where: str, label_where: str |
                     f'0..{info.num_classes - 1} and the ignore value {info.ignore_index}')
   return problems
 
-
-def reader_unavailable(name: str, root: str, layout: str, root_example: str) -> DataError:
-  """The error for a registered dataset whose metadata is known but whose file reader is not in this version.
-
-  With an empty `root` it asks for --config.data.root (`root_example` shows a typical value); otherwise it shows
-  the layout the reader will expect and the way to train on the data today: convert it to the `folder` layout
-  (ctxseg_jax.data.datasets.folder).
-  """
-  if not root:
-    return DataError(f'config.data.root is empty; data.name={name} reads the dataset from disk: set '
-                     f'--config.data.root={root_example} (local or gs://), laid out as\n{layout}\n'
-                     f'(Its reader is not implemented yet in this version: only the class names and palette are.)')
-  return DataError(f'data.name={name}: reading this dataset from {root} is not implemented yet in this version '
-                   f'(only its class names and palette are). It will expect the layout\n{layout}\n'
-                   'Until then, convert it to the folder layout (images/<split>/, labels/<split>/ with training ids '
-                   'and a dataset.json) and train with --config.data.name=folder.')

@@ -7,23 +7,23 @@
 
 `python -m ctxseg_jax.data.export` writes this layout from any configured dataset. Construction only lists
 files; decoding happens per sample in `__getitem__`, and every problem raises a DataError naming the file.
+Label values must be class ids or the ignore index of dataset.json.
 """
 from __future__ import annotations
 
-import io
+import dataclasses
 import json
 from typing import Any
 
 from etils import epath
-import numpy as np
-from PIL import Image
 
 from ctxseg_jax.data.datasets import base
+from ctxseg_jax.data.datasets import files
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 LABEL_SUFFIX = '.png'
 INFO_FILE = 'dataset.json'
-_INFO_KEYS = ('name', 'class_names', 'palette', 'ignore_index')
+INFO_KEYS = ('name', 'class_names', 'palette', 'ignore_index')
 
 LAYOUT = f"""\
   <root>/{INFO_FILE}                 {{"name": ..., "class_names": [...], "palette": [[r, g, b], ...],
@@ -39,12 +39,12 @@ def _info_error(path: epath.Path, problem: str) -> base.DataError:
                         '"palette": [[0, 0, 0], [255, 0, 0]], "ignore_index": 255}')
 
 
-def _parse_info(raw: Any, path: epath.Path) -> base.DatasetInfo:
+def parse_info(raw: Any, path: epath.Path) -> base.DatasetInfo:
   if not isinstance(raw, dict):
     raise _info_error(path, f'must hold a JSON object, got {type(raw).__name__}')
-  unknown = sorted(set(raw) - set(_INFO_KEYS))
+  unknown = sorted(set(raw) - set(INFO_KEYS))
   if unknown:
-    raise _info_error(path, f'unknown keys {unknown}; the keys are {list(_INFO_KEYS)}')
+    raise _info_error(path, f'unknown keys {unknown}; the keys are {list(INFO_KEYS)}')
   missing = [k for k in ('name', 'class_names', 'palette') if k not in raw]
   if missing:
     raise _info_error(path, f'missing keys {missing}')
@@ -75,7 +75,13 @@ def _check_root(root: epath.Path) -> None:
 
 
 def folder_info(root: str | epath.PathLike) -> base.DatasetInfo:
-  """Reads `root/dataset.json` (no images are read)."""
+  """The dataset's metadata as training sees it: dataset.json's, with the ignore index 255 (the input pipeline
+  pads and ignores with 255; a different declared ignore value is mapped to 255 while reading)."""
+  return dataclasses.replace(declared_info(root), ignore_index=base.IGNORE_INDEX)
+
+
+def declared_info(root: str | epath.PathLike) -> base.DatasetInfo:
+  """Reads `root/dataset.json` as written (no images are read)."""
   root = epath.Path(root)
   _check_root(root)
   path = root / INFO_FILE
@@ -85,17 +91,7 @@ def folder_info(root: str | epath.PathLike) -> base.DatasetInfo:
     raw = json.loads(path.read_text())
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise _info_error(path, f'is not valid JSON ({e})') from e
-  return _parse_info(raw, path)
-
-
-def _list_files(folder: epath.Path) -> dict[str, epath.Path]:
-  """Maps each file name in `folder` to its path, skipping hidden files."""
-  return {p.name: p for p in folder.iterdir() if not p.name.startswith('.')}
-
-
-def _suffix(name: str) -> str:
-  dot = name.rfind('.')
-  return name[dot:].lower() if dot > 0 else ''
+  return parse_info(raw, path)
 
 
 def _stem(name: str) -> str:
@@ -103,112 +99,50 @@ def _stem(name: str) -> str:
   return name[:dot] if dot > 0 else name
 
 
-def _pair_files(image_dir: epath.Path, label_dir: epath.Path) -> list[tuple[str, str]]:
-  """Returns sorted (image path, label path) pairs; raises DataError on any file without its partner."""
-  images: dict[str, epath.Path] = {}
-  for name, path in _list_files(image_dir).items():
-    if _suffix(name) not in IMAGE_SUFFIXES:
-      continue
+def list_pairs(image_dir: epath.Path, label_dir: epath.Path) -> tuple[list[files.Pair], list[str]]:
+  """Pairs images/<split>/<stem>.{png,jpg,jpeg} with labels/<split>/<stem>.png.
+
+  Returns (sorted pairs, problems): each unpaired file, two images with one stem and JPEG labels are problems.
+  """
+  problems, images = [], {}
+  for name, path in sorted(files.files_with_suffix(image_dir, IMAGE_SUFFIXES).items()):
     stem = _stem(name)
     if stem in images:
-      raise base.DataError(f'{images[stem]} and {path} share the stem {stem!r}; keep one image per stem')
+      problems.append(f'{images[stem]} and {path} share the stem {stem!r}; keep one image per stem')
+      continue
     images[stem] = path
-  labels: dict[str, epath.Path] = {}
-  for name, path in _list_files(label_dir).items():
-    suffix = _suffix(name)
-    if suffix in IMAGE_SUFFIXES and suffix != LABEL_SUFFIX:
-      raise base.DataError(f'{path}: labels must be lossless PNG files (JPEG compression changes class ids); '
-                           f'save it as {label_dir / (_stem(name) + LABEL_SUFFIX)}')
-    if suffix == LABEL_SUFFIX:
-      labels[_stem(name)] = path
-  for stem, path in sorted(images.items()):
-    if stem not in labels:
-      raise base.DataError(f'{path} has no label: expected {label_dir / (stem + LABEL_SUFFIX)}. Add the label '
-                           'or remove the image.')
-  for stem, path in sorted(labels.items()):
-    if stem not in images:
-      raise base.DataError(f'{path} has no image: expected {image_dir / stem}' + '{' + ','.join(IMAGE_SUFFIXES)
-                           + '}. Add the image or remove the label.')
-  return [(str(images[s]), str(labels[s])) for s in sorted(images)]
+  labels = {}
+  for name, path in sorted(files.files_with_suffix(label_dir, IMAGE_SUFFIXES).items()):
+    if not name.lower().endswith(LABEL_SUFFIX):
+      problems.append(f'{path}: labels must be lossless PNG files (JPEG compression changes class ids); save it '
+                      f'as {label_dir / (_stem(name) + LABEL_SUFFIX)}')
+      continue
+    labels[_stem(name)] = path
+  matched, unpaired = files.match_by_key(
+      images, labels, expected_label=lambda stem: str(label_dir / (stem + LABEL_SUFFIX)),
+      expected_image=lambda stem: str(image_dir / stem) + '{' + ','.join(IMAGE_SUFFIXES) + '}')
+  return [files.Pair(image, label, 'identity') for _, image, label in matched], problems + unpaired
 
 
-def _decode(path: str) -> Image.Image:
-  """Opens and fully decodes one image file (PIL decodes lazily, so truncation shows only on load).
-
-  Truncated files raise only while PIL.ImageFile.LOAD_TRUNCATED_IMAGES keeps its default, False.
-  """
-  try:
-    data = epath.Path(path).read_bytes()
-  except OSError as e:
-    raise base.DataError(f'{path}: cannot read the file ({e})') from e
-  try:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-  except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-    raise base.DataError(f'{path}: cannot decode the image ({type(e).__name__}: {e}); the file is corrupt or '
-                         'truncated: re-create or re-download it, or remove it together with its '
-                         'image/label partner') from e
-  return image
-
-
-def _image_array(path: str) -> np.ndarray:
-  image = _decode(path)
-  if image.mode != 'RGB':
-    image = image.convert('RGB')
-  return np.asarray(image, dtype=np.uint8)
-
-
-def _label_array(path: str) -> np.ndarray:
-  label = _decode(path)
-  if label.mode in ('L', 'P'):
-    return np.asarray(label, dtype=np.uint8)
-  if label.mode in ('I', 'I;16', 'I;16B', 'I;16L'):  # 16/32-bit grey PNGs from some tools
-    values = np.asarray(label)
-    if values.min() < 0 or values.max() > 255:
-      raise base.DataError(f'{path}: {label.mode} label holds values up to {values.max()}; labels must be 8-bit '
-                           'class ids (save it as a mode L or P PNG)')
-    return values.astype(np.uint8)
-  channels = len(label.getbands())
-  if channels > 1:
-    raise base.DataError(f'{path}: label has {channels} channels (mode {label.mode}), probably a colour '
-                         'visualisation; labels must be single-channel PNGs of class ids (mode L or P). Map each '
-                         'colour to its class id (the palette in dataset.json) and save with mode L or P.')
-  raise base.DataError(f'{path}: label has unsupported mode {label.mode}; save it as an 8-bit PNG (mode L or P)')
-
-
-class FolderSource:
+class FolderSource(files.FilePairSource):
   """One split of a dataset folder; samples are named by their image path."""
 
   def __init__(self, root: str | epath.PathLike, split: str):
     root = epath.Path(root)
     _check_root(root)
-    self.info = folder_info(root)
-    self.split = split
-    self.root = str(root)
+    declared = declared_info(root)
     image_dir, label_dir = root / 'images' / split, root / 'labels' / split
     for folder in (image_dir, label_dir):
       if not folder.is_dir():
         found = sorted(p.name for p in (root / 'images').iterdir()) if (root / 'images').is_dir() else []
         raise base.DataError(f'{folder} is missing: no split {split!r} in {root} (splits found under images/: '
                              f'{found}). Expected the layout\n{LAYOUT}')
-    self._pairs = _pair_files(image_dir, label_dir)
-    if not self._pairs:
+    pairs, problems = list_pairs(image_dir, label_dir)
+    if not pairs and not problems:
       raise base.DataError(f'{image_dir} holds no images ({", ".join(IMAGE_SUFFIXES)}). Expected the layout\n'
                            f'{LAYOUT}')
-
-  def __len__(self) -> int:
-    return len(self._pairs)
-
-  def __getitem__(self, index: int) -> dict:
-    """Returns {'image': uint8 (H, W, 3), 'label': uint8 (H, W), 'name': the image path}."""
-    image_path, label_path = self._pairs[int(index)]
-    return {'image': _image_array(image_path), 'label': _label_array(label_path), 'name': image_path}
-
-  def sample_name(self, index: int) -> str:
-    return self._pairs[int(index)][0]
-
-  def label_path(self, index: int) -> str:
-    return self._pairs[int(index)][1]
-
-  def __repr__(self) -> str:
-    return f'FolderSource(root={self.root!r}, split={self.split!r}, num_samples={len(self)})'
+    classes = {i: i for i in range(declared.num_classes)}
+    label_map = files.LabelMap.from_dict(
+        {**classes, declared.ignore_index: base.IGNORE_INDEX},
+        f'0..{declared.num_classes - 1} and {declared.ignore_index} (the ignore_index of {INFO_FILE})')
+    super().__init__(folder_info(root), split, pairs, {'identity': label_map}, problems=problems, root=str(root))

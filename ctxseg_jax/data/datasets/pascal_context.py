@@ -4,13 +4,16 @@ Class names and palette are mmseg's `PascalContextDataset59` / `PascalContextDat
 the 60 Detail category ids that mmseg's converter maps, by rank, to 0..59; PyTorch-Encoding and HRNet use the
 same mapping). The 59-class version drops background (label 0 becomes ignore, 1..59 become 0..58), which is
 the convention of PyTorch-Encoding's published numbers; the two conventions differ by about 6 mIoU.
-The reader is not in this version: `build_source` explains the expected layout.
+Labels are the PNGs of mmseg's converter (raw ids 0..59, 0 = background); write them from the annotation file
+`trainval_merged.json` with `python -m ctxseg_jax.data.convert_pascal_context` (no Detail API needed).
 """
 from __future__ import annotations
 
+from etils import epath
 import ml_collections
 
 from ctxseg_jax.data.datasets import base
+from ctxseg_jax.data.datasets import files
 
 CLASS_NAMES_59 = (
     'aeroplane', 'bag', 'bed', 'bedclothes', 'bench', 'bicycle', 'bird', 'boat', 'book', 'bottle', 'building',
@@ -41,15 +44,60 @@ NUM_IMAGES = {'train': 4998, 'val': 5105}
 ROOT_EXAMPLE = '/data/VOCdevkit/VOC2010'
 LAYOUT = """\
   <root>/JPEGImages/<id>.jpg                               (root = VOCdevkit/VOC2010)
-  <root>/SegmentationClassContext/<id>.png                 60 ids, 0 = background, from mmseg's
-                                                           tools/dataset_converters/pascal_context.py
+  <root>/SegmentationClassContext/<id>.png                 60 ids, 0 = background
   <root>/ImageSets/SegmentationContext/{train,val}.txt     4998 train / 5105 val ids
   pascal_context_59 maps label 0 to ignore and 1..59 to 0..58; pascal_context_60 keeps 0..59."""
+PREPARE = """\
+Prepare it: download VOC2010 (VOCtrainval_03-May-2010.tar) and trainval_merged.json, then run
+  python -m ctxseg_jax.data.convert_pascal_context --json trainval_merged.json --root <root>
+which writes SegmentationClassContext/ and the ImageSets/SegmentationContext/ lists."""
+
+_SPLITS = ('train', 'val')
 
 
-def build_source_59(data_config: ml_collections.ConfigDict, split: str) -> base.SegmentationSource:
-  raise base.reader_unavailable('pascal_context_59', data_config.root, LAYOUT, ROOT_EXAMPLE)
+def _label_maps(info: base.DatasetInfo) -> dict[str, files.LabelMap]:
+  if info.num_classes == 59:
+    return {'context': files.reduce_zero_map(59, info.ignore_index)}
+  mapping = {i: i for i in range(60)}
+  mapping[255] = info.ignore_index
+  return {'context': files.LabelMap.from_dict(mapping, '0..59 and 255 (ignored)')}
 
 
-def build_source_60(data_config: ml_collections.ConfigDict, split: str) -> base.SegmentationSource:
-  raise base.reader_unavailable('pascal_context_60', data_config.root, LAYOUT, ROOT_EXAMPLE)
+def _source(info: base.DatasetInfo, data_config: ml_collections.ConfigDict, split: str) -> files.FilePairSource:
+  if not data_config.root:
+    raise base.DataError(f'config.data.root is empty; data.name={info.name} reads PASCAL-Context from disk: set '
+                         f'--config.data.root={ROOT_EXAMPLE} (local or gs://), laid out as\n{LAYOUT}\n{PREPARE}')
+  root = epath.Path(data_config.root)
+  if split not in _SPLITS:
+    raise base.DataError(f'{info.name} has no split {split!r}; its splits are {list(_SPLITS)} (check '
+                         '--config.data.train_split and --config.data.eval_split)')
+  list_file = root / 'ImageSets' / 'SegmentationContext' / f'{split}.txt'
+  for folder, what in ((root, 'the dataset root'), (root / 'JPEGImages', 'the VOC2010 images'),
+                       (root / 'SegmentationClassContext', 'the label PNGs')):
+    if not folder.is_dir():
+      raise files.missing_folder_error(folder, what, LAYOUT, PREPARE)
+  if not list_file.exists():
+    raise files.missing_folder_error(list_file, f'the list of {split} image ids', LAYOUT, PREPARE)
+  ids = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+  images = files.files_with_suffix(root / 'JPEGImages', ('.jpg',))
+  labels = files.files_with_suffix(root / 'SegmentationClassContext', ('.png',))
+  pairs, problems = [], []
+  for image_id in ids:
+    image, label = images.get(image_id + '.jpg'), labels.get(image_id + '.png')
+    if image is None:
+      problems.append(f'{list_file} lists {image_id} but {root / "JPEGImages" / (image_id + ".jpg")} is missing')
+    elif label is None:
+      problems.append(f'{image} has no label: expected {root / "SegmentationClassContext" / (image_id + ".png")} '
+                      '(re-run the converter, or remove the id from the list)')
+    else:
+      pairs.append(files.Pair(image, label, 'context'))
+  return files.FilePairSource(info, split, pairs, _label_maps(info), problems=problems,
+                              expected_size=NUM_IMAGES[split], root=str(root))
+
+
+def build_source_59(data_config: ml_collections.ConfigDict, split: str) -> files.FilePairSource:
+  return _source(PASCAL_CONTEXT_59_INFO, data_config, split)
+
+
+def build_source_60(data_config: ml_collections.ConfigDict, split: str) -> files.FilePairSource:
+  return _source(PASCAL_CONTEXT_60_INFO, data_config, split)

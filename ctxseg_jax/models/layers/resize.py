@@ -80,3 +80,47 @@ def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = Fal
   else:
     y = _resample_axis(_resample_axis(y, 2, out_w, align_corners), 1, out_h, align_corners)
   return y.astype(dtype)
+
+
+def _dynamic_taps(in_size: jax.Array, out_size: jax.Array, out_len: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The two source indices and the weight of the second for each of out_len outputs, mapping [0, in_size) onto
+  [0, out_size) with align_corners=False (the formulas of `interpolation_matrix`, for traced sizes).
+
+  Outputs at or beyond out_size are padding: their taps are whatever the formula gives, always inside [0, in_size).
+  """
+  scale = in_size.astype(jnp.float32) / out_size.astype(jnp.float32)
+  src = jnp.maximum((jnp.arange(out_len, dtype=jnp.float32) + 0.5) * scale - 0.5, 0.0)
+  lo = jnp.minimum(src.astype(jnp.int32), in_size - 1)
+  hi = jnp.minimum(lo + 1, in_size - 1)
+  return lo, hi, src - lo.astype(jnp.float32)
+
+
+def _resize_region(x: jax.Array, in_size: jax.Array, out_size: jax.Array, out_shape: tuple[int, int]) -> jax.Array:
+  """One (H, W, C) image: x[:in_h, :in_w] resized to (out_h, out_w) at the top-left of an out_shape canvas."""
+  rows_lo, rows_hi, rows_frac = _dynamic_taps(in_size[0], out_size[0], out_shape[0])
+  y = x[rows_lo] * (1 - rows_frac)[:, None, None] + x[rows_hi] * rows_frac[:, None, None]
+  cols_lo, cols_hi, cols_frac = _dynamic_taps(in_size[1], out_size[1], out_shape[1])
+  return y[:, cols_lo] * (1 - cols_frac)[None, :, None] + y[:, cols_hi] * cols_frac[None, :, None]
+
+
+def resize_bilinear_regions(x: jax.Array, in_sizes: jax.Array, out_sizes: jax.Array,
+                            out_shape: Sequence[int]) -> jax.Array:
+  """Resizes the top-left region of each image to a per-image size, with align_corners=False semantics.
+
+  For image b, the region x[b, :in_h, :in_w] is resized to (out_h, out_w) like F.interpolate of the cropped
+  region would, and placed at the top-left of a (out_H, out_W) canvas (the rest holds padding values). This is
+  how a prediction made on a resized, padded eval image is brought back to its original, padded label. Each
+  output mixes two gathered rows, then two gathered columns (no dense interpolation matrices: the sizes are
+  traced, and eval canvases are large).
+
+  Args:
+    x: (B, H, W, C) floating array.
+    in_sizes: int (B, 2) region sizes (in_h, in_w) inside (H, W).
+    out_sizes: int (B, 2) target sizes (out_h, out_w) inside (out_H, out_W).
+    out_shape: static (out_H, out_W).
+  Returns:
+    (B, out_H, out_W, C) float32 array.
+  """
+  shape = tuple(int(s) for s in out_shape)
+  return jax.vmap(lambda image, i, o: _resize_region(image, i, o, shape))(x.astype(jnp.float32), in_sizes,
+                                                                           out_sizes)

@@ -1,0 +1,174 @@
+"""Train augmentation (cat_max_ratio, photometric distortion), eval resizing and scoring at original resolution,
+and exact resume of a real-layout pipeline across an Orbax checkpoint."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctxseg_jax import config as config_lib
+from ctxseg_jax import experiment, metrics, parallel, steps
+from ctxseg_jax.checkpoints import Checkpointer
+from ctxseg_jax.data import datasets, pipeline, transforms
+from ctxseg_jax.evaluate import Evaluator
+from ctxseg_jax.models.layers.resize import resize_bilinear, resize_bilinear_regions
+from tests import layouts
+from tests.tiny_config import get_config
+
+
+def _corner_label():
+  """64x64, class 1 only in a 24x24 corner: few 32x32 crops hold both classes with neither above 75%."""
+  label = np.zeros((64, 64), np.uint8)
+  label[:24, :24] = 1
+  return label
+
+
+def _share_of_balanced_crops(cat_max_ratio: float) -> float:
+  label, balanced = _corner_label(), 0
+  for seed in range(200):
+    top, left = transforms.crop_with_cat_max_ratio(label, (32, 32), cat_max_ratio, np.random.default_rng(seed))
+    counts = np.bincount(label[top:top + 32, left:left + 32].reshape(-1), minlength=2)
+    balanced += int(counts.min() > 0 and counts.max() / counts.sum() < 0.75)
+  return balanced / 200
+
+
+def test_cat_max_ratio_redraws_crops_dominated_by_one_class():
+  # One draw is balanced with probability p ~ 0.1 (the offsets whose overlap with the corner is 256..768
+  # pixels); with 10 re-draws, 1 - (1 - p)^11 ~ 0.7.
+  assert _share_of_balanced_crops(1.0) < 0.2
+  assert _share_of_balanced_crops(0.75) > 0.6
+  label = np.full((40, 40), 255, np.uint8)  # ignore pixels never count as a class
+  label[:, :20] = 3
+  top, left = transforms.crop_with_cat_max_ratio(label, (40, 40), 0.75, np.random.default_rng(0))
+  assert (top, left) == (0, 0)  # a single possible crop: kept after the re-draws fail
+
+
+def _augment(**overrides):
+  kwargs = dict(base_size=64, ratio_range=(0.5, 2.0), crop_size=(32, 48), flip=True, image_pad_value=0)
+  return transforms.TrainAugment(**{**kwargs, **overrides})
+
+
+def test_photometric_distortion_changes_pixels_not_geometry():
+  rng = np.random.default_rng(0)
+  sample = {'image': rng.integers(0, 256, (50, 64, 3), dtype=np.uint8), 'label': _corner_label()[:50]}
+  plain = _augment().random_map(sample, np.random.default_rng(5))
+  distorted = _augment(photometric_distortion=True).random_map(sample, np.random.default_rng(5))
+  np.testing.assert_array_equal(plain['label'], distorted['label'])  # drawn before the distortion
+  assert distorted['image'].dtype == np.uint8 and distorted['image'].shape == (32, 48, 3)
+  changed = sum(not np.array_equal(_augment().random_map(sample, np.random.default_rng(s))['image'],
+                                   _augment(photometric_distortion=True).random_map(
+                                       sample, np.random.default_rng(s))['image']) for s in range(10))
+  assert changed >= 7
+
+
+def test_identity_augmentation_returns_the_sample():
+  rng = np.random.default_rng(1)
+  sample = {'image': rng.integers(0, 256, (32, 48, 3), dtype=np.uint8), 'label': _corner_label()[:32, :48]}
+  out = _augment(ratio_range=(1.0, 1.0), base_size=48, flip=False).random_map(sample, rng)
+  np.testing.assert_array_equal(out['image'], sample['image'])
+  np.testing.assert_array_equal(out['label'], sample['label'])
+
+
+@pytest.mark.parametrize('size, scale, expected', [
+    ((375, 500), (520, 520), (390, 520)),      # PyTorch-Encoding base size 520: the long side binds
+    ((512, 683), (2048, 512), (512, 683)),     # a typical ADE20K image: unchanged
+    ((600, 800), (2048, 512), (512, 683)),     # the short side binds: 512 / 600 = 0.8533
+    ((1024, 2048), (2048, 1024), (1024, 2048)),
+    ((100, 1000), (2048, 512), (205, 2048)),   # aspect > 4: the long side binds
+    ((300, 400), (0, 0), (300, 400)),          # native
+])
+def test_eval_rescale_size_follows_mmcv_keep_ratio(size, scale, expected):
+  assert transforms.eval_rescale_size(*size, scale) == expected
+
+
+def test_eval_preprocess_resizes_the_image_and_keeps_the_label():
+  rng = np.random.default_rng(2)
+  sample = {'image': rng.integers(0, 256, (30, 40, 3), dtype=np.uint8),
+            'label': rng.integers(0, 5, (30, 40), dtype=np.uint8), 'name': 'x.png'}
+  out = transforms.EvalPreprocess(eval_size=(52, 52), label_size=(32, 48), eval_scale=(52, 52),
+                                  image_pad_value=7).map(sample)
+  assert out['image'].shape == (52, 52, 3) and out['label'].shape == (32, 48)
+  assert out['image_size'].tolist() == [39, 52] and out['label_size'].tolist() == [30, 40]
+  assert (out['image'][39:] == 7).all()
+  np.testing.assert_array_equal(out['label'][:30, :40], sample['label'])
+  assert (out['label'][30:] == 255).all() and (out['label'][:, 40:] == 255).all()
+  with pytest.raises(datasets.DataError, match=r'x\.png.*eval_label_size'):
+    transforms.EvalPreprocess(eval_size=(52, 52), label_size=(20, 48), eval_scale=(52, 52),
+                              image_pad_value=0).map(sample)
+  with pytest.raises(datasets.DataError, match=r'x\.png.*39x52.*config\.data\.eval_size'):
+    transforms.EvalPreprocess(eval_size=(40, 40), label_size=(32, 48), eval_scale=(52, 52),
+                              image_pad_value=0).map(sample)
+
+
+def test_region_resize_equals_resizing_each_cropped_region():
+  x = jax.random.normal(jax.random.key(0), (3, 20, 24, 5))
+  in_sizes = np.array([[20, 24], [13, 17], [7, 24]])
+  out_sizes = np.array([[20, 24], [25, 9], [16, 30]])
+  out = np.asarray(resize_bilinear_regions(x, jnp.asarray(in_sizes), jnp.asarray(out_sizes), (26, 31)))
+  assert out.shape == (3, 26, 31, 5)
+  for b, ((ih, iw), (oh, ow)) in enumerate(zip(in_sizes, out_sizes)):
+    direct = resize_bilinear(x[b:b + 1, :ih, :iw], (int(oh), int(ow)))[0]
+    np.testing.assert_allclose(out[b, :oh, :ow], direct, rtol=1e-6, atol=1e-6)
+
+
+def test_eval_with_resize_scores_every_original_pixel_once():
+  config = get_config()
+  config.data.eval_scale = (48, 48)        # 32x32 synthetic images are evaluated at 48x48 ...
+  config.data.eval_size = (48, 48)
+  config.data.eval_label_size = (32, 32)   # ... and scored at 32x32
+  exp = experiment.build(config)
+  state = exp.init_state()
+  evaluator = Evaluator(exp)
+  batches, _ = pipeline.eval_batches(datasets.build_source(config.data, 'val'), config.data, 8)
+  batches = list(batches)
+  assert all(batch['image'].shape == (8, 48, 48, 3) and batch['label'].shape == (8, 32, 32) for batch in batches)
+  accumulator = metrics.ConfusionAccumulator(exp.info.num_classes)
+  for batch in batches:
+    accumulator.add(evaluator._step({'params': state.params, 'batch_stats': state.batch_stats},
+                                    parallel.to_global(batch, exp.mesh)), 8 * 32 * 32)
+  assert int(accumulator.result().sum()) == sum(int((batch['label'] != 255).sum()) for batch in batches)
+
+
+def test_real_layout_stream_resumes_exactly_across_a_checkpoint(tmp_path):
+  layouts.cityscapes(tmp_path / 'data', size=(32, 64))
+  config = config_lib.base_config()
+  config.data.name, config.data.root = 'cityscapes', str(tmp_path / 'data')
+  config.data.base_size, config.data.crop_size = 64, (24, 40)
+  config.data.cat_max_ratio, config.data.photometric_distortion = 0.75, True
+  config.data.worker_count = 0
+  source = datasets.build_source(config.data, 'train')
+  iterator = pipeline.train_iterator(source, config.data, 2, seed=4)
+  for _ in range(3):
+    next(iterator)
+  checkpointer = Checkpointer(tmp_path / 'run')
+  state = steps.TrainState(step=np.int32(3), params={'w': np.ones(2, np.float32)},
+                           batch_stats={'m': np.zeros(2, np.float32)}, opt_state={})
+  checkpointer.save(3, state, iterator, config)
+  checkpointer.wait()
+  expected = [next(iterator) for _ in range(4)]
+  resumed = pipeline.train_iterator(source, config.data, 2, seed=4)
+  step, _ = checkpointer.restore(jax.eval_shape(lambda: state), resumed)
+  checkpointer.close()
+  assert step == 3
+  for want in expected:
+    got = next(resumed)
+    np.testing.assert_array_equal(got['image'], want['image'])
+    np.testing.assert_array_equal(got['label'], want['label'])
+
+
+def test_padding_is_added_last_bottom_right_and_never_distorted():
+  rng = np.random.default_rng(3)
+  label = np.tile((np.arange(24) % 5).astype(np.uint8), (20, 1))  # asymmetric left to right
+  sample = {'image': rng.integers(0, 256, (20, 24, 3), dtype=np.uint8), 'label': label}
+  augment = _augment(base_size=24, ratio_range=(1.0, 1.0), crop_size=(28, 30), photometric_distortion=True,
+                     image_pad_value=(124, 116, 104))
+  flips = 0
+  for seed in range(12):
+    out = augment.random_map(sample, np.random.default_rng(seed))
+    assert (out['image'][20:] == (124, 116, 104)).all() and (out['image'][:, 24:] == (124, 116, 104)).all()
+    assert (out['label'][20:] == 255).all() and (out['label'][:, 24:] == 255).all()
+    flipped = not np.array_equal(out['label'][:20, :24], sample['label'])
+    np.testing.assert_array_equal(out['label'][:20, :24], sample['label'][:, ::-1] if flipped else sample['label'])
+    flips += flipped
+  assert 0 < flips < 12

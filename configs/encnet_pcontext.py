@@ -15,61 +15,22 @@ whole image padded to 520x520 (PyTorch-Encoding slides 480 crops over it) and sc
 the original resolution (PASCAL images are at most 500x500: eval_label_size). Both eval resizes use
 align_corners=False; PyTorch-Encoding's use align_corners=True (an option for that comes with full-protocol
 evaluation). Training resizes with PIL's bilinear, as PyTorch-Encoding does.
-PyTorch-Encoding's 80 x 312 = 24960 iterations drop the last partial batch of each epoch; steps below round up.
+PyTorch-Encoding's 80 x 312 = 24960 iterations drop the last partial batch of each epoch; the protocol's step
+count (24990) rounds up.
 
 python -m ctxseg_jax.main --config configs/encnet_pcontext.py --config.data.root=/data/VOCdevkit/VOC2010
 """
-import math
-
+from ctxseg_jax import protocols
 from ctxseg_jax.config import base_config
-from ctxseg_jax.data.datasets import pascal_context
-
-EPOCHS = 80
 
 
 def get_config():
   config = base_config()
   config.name = 'encnet_pcontext'
-  config.data.name = 'pascal_context_59'
-  config.data.base_size = 520
-  config.data.ratio_range = (0.5, 2.0)
-  config.data.crop_size = (480, 480)
-  config.data.eval_size = (520, 520)
-  config.data.image_pad_value = (0, 0, 0)
-  config.data.cat_max_ratio = 1.0
-  config.data.photometric_distortion = False
-  config.data.eval_scale = (520, 520)
-  config.data.eval_label_size = (500, 500)
-
+  protocols.pytorch_encoding_pcontext(config)
   config.model.name = 'encnet'
-  config.model.backbone.depth = 101
-  config.model.backbone.stem = 's'
-  config.model.backbone.output_stride = 8
-  config.model.head.channels = 512
-  config.model.head.dropout = 0.1
-  config.model.head.dropout_mode = 'element'
   config.model.encnet.num_codes = 32
   config.model.encnet.lateral = True
   config.model.encnet.se_head = True
-  config.model.aux_head.enabled = True
-  config.model.aux_head.channels = 256
-  config.model.aux_head.dropout = 0.1
-
-  config.loss.ce_reduction = 'valid'
-  config.loss.aux_weight = 0.2
   config.loss.se_weight = 0.2
-
-  config.train.batch_size = 16
-  config.train.steps = math.ceil(EPOCHS * pascal_context.NUM_IMAGES['train'] / config.train.batch_size)  # 24990
-  config.train.eval_every = 2_500
-  config.train.checkpoint_every = 1_000
-
-  config.optim.lr = 0.001 * config.train.batch_size / 16
-  config.optim.head_lr_mult = 10.0
-  config.optim.momentum = 0.9
-  config.optim.weight_decay = 1e-4
-  config.optim.end_lr = 0.0
-
-  config.eval.batch_size = 16
-  config.eval.miou_convention = 'all'
   return config

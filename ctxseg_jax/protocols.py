@@ -1,0 +1,136 @@
+"""Training and evaluation protocols shared by a method's config and its baseline's.
+
+A protocol sets everything a paper's comparison holds fixed: data and augmentation, backbone, auxiliary head and
+the decode head's width and dropout convention, loss reduction and auxiliary weight, schedule, optimiser and
+evaluation. A config file applies one and then sets its method (model.name and the method's own keys), so a pair
+like configs/encnet_ade20k.py and configs/fcn_ade20k.py differs only in the model by construction. The
+reference behind each protocol is in the docstrings of the configs that use it.
+"""
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from ctxseg_jax.data.datasets import pascal_context
+
+# mmseg pads normalised images with 0, the mean colour: the uint8 RGB nearest to the ImageNet mean.
+MMSEG_PAD_COLOUR = (124, 116, 104)
+
+
+def _r101_d8(config: ml_collections.ConfigDict, *, stem: str, dropout_mode: str) -> None:
+  """Dilated ResNet-101 (output stride 8), decode head 512 wide with dropout 0.1, auxiliary FCN head 256."""
+  config.model.backbone.depth = 101
+  config.model.backbone.stem = stem
+  config.model.backbone.output_stride = 8
+  config.model.head.channels = 512
+  config.model.head.dropout = 0.1
+  config.model.head.dropout_mode = dropout_mode
+  config.model.aux_head.enabled = True
+  config.model.aux_head.channels = 256
+  config.model.aux_head.dropout = 0.1
+
+
+def _mmseg_sgd(config: ml_collections.ConfigDict, *, batch_size: int, steps: int, eval_every: int) -> None:
+  """mmseg's schedule: SGD lr 0.01, momentum 0.9, wd 5e-4, poly 0.9 to 1e-4; CE over all pixels, aux 0.4."""
+  config.loss.ce_reduction = 'all'
+  config.loss.aux_weight = 0.4
+  config.train.batch_size = batch_size
+  config.train.steps = steps
+  config.train.eval_every = eval_every
+  config.train.checkpoint_every = 4_000
+  config.optim.lr = 0.01
+  config.optim.head_lr_mult = 1.0
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 5e-4
+  config.optim.end_lr = 1e-4
+  config.eval.batch_size = 8
+  config.eval.miou_convention = 'present'
+
+
+def mmseg_ade20k_160k(config: ml_collections.ConfigDict) -> None:
+  """mmseg R-101-D8, ADE20K, 512x512 crops, 160k iterations at batch 16 (see configs/encnet_ade20k.py)."""
+  config.data.name = 'ade20k'
+  config.data.base_size = 2048
+  config.data.base_short_side = 512
+  config.data.ratio_range = (0.5, 2.0)
+  config.data.crop_size = (512, 512)
+  config.data.eval_size = (2048, 2048)
+  config.data.image_pad_value = MMSEG_PAD_COLOUR
+  config.data.cat_max_ratio = 0.75
+  config.data.photometric_distortion = True
+  config.data.eval_scale = (2048, 512)
+  config.data.eval_label_size = (2048, 2048)
+  _r101_d8(config, stem='v1c', dropout_mode='channel')
+  _mmseg_sgd(config, batch_size=16, steps=160_000, eval_every=16_000)
+
+
+def mmseg_cityscapes_80k(config: ml_collections.ConfigDict) -> None:
+  """mmseg R-101-D8, Cityscapes, 512x1024 crops, 80k iterations at batch 8 (see configs/encnet_cityscapes.py)."""
+  config.data.name = 'cityscapes'
+  config.data.base_size = 2048
+  config.data.ratio_range = (0.5, 2.0)
+  config.data.crop_size = (512, 1024)
+  config.data.eval_size = (1024, 2048)
+  config.data.image_pad_value = MMSEG_PAD_COLOUR
+  config.data.cat_max_ratio = 0.75
+  config.data.photometric_distortion = True
+  config.data.eval_scale = (2048, 1024)
+  _r101_d8(config, stem='v1c', dropout_mode='channel')
+  _mmseg_sgd(config, batch_size=8, steps=80_000, eval_every=8_000)
+
+
+def pytorch_encoding_pcontext(config: ml_collections.ConfigDict, *, epochs: int = 80) -> None:
+  """PyTorch-Encoding ResNet-101s, PASCAL-Context 59, 480x480 crops, `epochs` epochs at batch 16 (see
+  configs/encnet_pcontext.py)."""
+  config.data.name = 'pascal_context_59'
+  config.data.base_size = 520
+  config.data.ratio_range = (0.5, 2.0)
+  config.data.crop_size = (480, 480)
+  config.data.eval_size = (520, 520)
+  config.data.image_pad_value = (0, 0, 0)
+  config.data.cat_max_ratio = 1.0
+  config.data.photometric_distortion = False
+  config.data.eval_scale = (520, 520)
+  config.data.eval_label_size = (500, 500)
+  _r101_d8(config, stem='s', dropout_mode='element')
+  config.loss.ce_reduction = 'valid'
+  config.loss.aux_weight = 0.2
+  config.train.batch_size = 16
+  config.train.steps = math.ceil(epochs * pascal_context.NUM_IMAGES['train'] / config.train.batch_size)  # 24990
+  config.train.eval_every = 2_500
+  config.train.checkpoint_every = 1_000
+  config.optim.lr = 0.001 * config.train.batch_size / 16
+  config.optim.head_lr_mult = 10.0
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 1e-4
+  config.optim.end_lr = 0.0
+  config.eval.batch_size = 16
+  config.eval.miou_convention = 'all'
+
+
+def synthetic_demo(config: ml_collections.ConfigDict) -> None:
+  """The CPU demo: a width-16 dilated ResNet-18 on 96 px synthetic context images, 1200 steps (configs/demo.py)."""
+  config.data.name = 'synthetic_context'
+  config.data.synthetic.image_size = 96
+  config.data.synthetic.num_train = 2000
+  config.data.synthetic.num_val = 200
+  config.data.base_size = 96
+  config.data.ratio_range = (0.75, 1.5)
+  config.data.crop_size = (96, 96)
+  config.data.eval_size = (96, 96)
+  config.data.worker_count = 1
+  config.model.backbone.depth = 18
+  config.model.backbone.stem = 'v1c'
+  config.model.backbone.base_width = 16
+  config.model.head.channels = 64
+  config.model.aux_head.channels = 32
+  config.optim.lr = 0.04
+  config.optim.weight_decay = 1e-4
+  config.optim.head_lr_mult = 1.0
+  config.train.steps = 1200
+  config.train.batch_size = 16
+  config.train.log_every = 100
+  config.train.eval_every = 400
+  config.train.checkpoint_every = 200
+  config.eval.batch_size = 40

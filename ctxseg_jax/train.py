@@ -56,8 +56,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
   exp = experiment.build(config, devices)
   mesh, total_steps = exp.mesh, config.train.steps
   per_process_batch = parallel.per_process_batch_size(config.train.batch_size, mesh, 'train.batch_size')
-  num_train = loaders.split_size(config.data, config.data.train_split)
-  data_iter = loaders.train_iterator(config.data, per_process_batch, config.seed)
+  train_split = loaders.split(config.data, config.data.train_split)
+  data_iter = loaders.train_iterator(config.data, train_split, per_process_batch, config.seed)
   evaluator = Evaluator(exp)
   checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
 
@@ -68,7 +68,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
   else:
     start_step, state = 0, exp.init_state()
   writer = reporting.MetricWriter(workdir, resume_step=start_step if start_step else None)
-  reporting.console(f'{config.name}: {exp.info.name} ({num_train} train images, {exp.info.num_classes} classes), '
+  reporting.console(f'{config.name}: {exp.info.name} ({train_split.size} train images, {exp.info.num_classes} classes), '
                     f'{sum(x.size for x in jax.tree.leaves(state.params)):,} parameters, {mesh.devices.size} '
                     f'device(s) on {jax.process_count()} process(es), global batch {config.train.batch_size}, '
                     f'{total_steps} steps')

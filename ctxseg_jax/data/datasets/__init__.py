@@ -86,9 +86,6 @@ def dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
   return _entry(data_config).info(data_config)
 
 
-_NOTES_SHOWN: set[str] = set()
-
-
 def build_source(data_config: ml_collections.ConfigDict, split: str, *, strict: bool = True) -> SegmentationSource:
   """The configured dataset's split `split`; lists files but decodes nothing.
 
@@ -101,9 +98,7 @@ def build_source(data_config: ml_collections.ConfigDict, split: str, *, strict: 
     if getattr(source, 'problems', None):
       source.raise_problems()
     for note in getattr(source, 'notes', ()):
-      if note not in _NOTES_SHOWN:  # a split is listed by training and evaluation alike: say it once
-        _NOTES_SHOWN.add(note)
-        logging.warning(note)
+      logging.warning(note)
   return source
 
 

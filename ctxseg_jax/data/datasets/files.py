@@ -77,21 +77,29 @@ def reduce_zero_map(num_classes: int, ignore_index: int) -> LabelMap:
   return LabelMap.from_dict(mapping, f'0 (ignored), 1..{num_classes} and 255 (ignored)')
 
 
+# What PIL raises for a file that is not a complete image of a known format.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def decode_bytes(data: bytes, where: str, fix: str) -> Image.Image:
+  """Fully decodes encoded image bytes (PIL decodes lazily, so truncation shows only on load, and only while
+  PIL.ImageFile.LOAD_TRUNCATED_IMAGES keeps its default, False); a DataError naming `where` and `fix` otherwise."""
+  try:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+  except _DECODE_ERRORS as e:
+    raise base.DataError(f'{where}: cannot decode the image ({type(e).__name__}: {e}); {fix}') from e
+  return image
+
+
 def decode(path: str) -> Image.Image:
-  """Reads and fully decodes one image file; raises DataError naming `path` (PIL decodes lazily, so truncation
-  shows only on load, and only while PIL.ImageFile.LOAD_TRUNCATED_IMAGES keeps its default, False)."""
+  """Reads and fully decodes one image file; raises DataError naming `path`."""
   try:
     data = epath.Path(path).read_bytes()
   except OSError as e:
     raise base.DataError(f'{path}: cannot read the file ({e})') from e
-  try:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-  except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-    raise base.DataError(f'{path}: cannot decode the image ({type(e).__name__}: {e}); the file is corrupt or '
-                         'truncated: re-create or re-download it, or remove it together with its '
-                         'image/label partner') from e
-  return image
+  return decode_bytes(data, path, 'the file is corrupt or truncated: re-create or re-download it, or remove it '
+                                  'together with its image/label partner')
 
 
 def image_array(path: str) -> np.ndarray:

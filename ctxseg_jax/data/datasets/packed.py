@@ -13,7 +13,6 @@ the classes and ignore index of dataset.json.
 """
 from __future__ import annotations
 
-import io
 import json
 import threading
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 from etils import epath
 import msgpack
 import numpy as np
-from PIL import Image
 
 from ctxseg_jax.data.datasets import base
 from ctxseg_jax.data.datasets import files
@@ -73,15 +71,6 @@ def _metadata(root: str | epath.PathLike) -> tuple[epath.Path, dict]:
 def packed_info(root: str | epath.PathLike) -> base.DatasetInfo:
   root, raw = _metadata(root)
   return folder.parse_info({k: raw[k] for k in folder.INFO_KEYS if k in raw}, root / folder.INFO_FILE)
-
-
-def _decode_png_or_jpeg(data: bytes, where: str, what: str) -> Image.Image:
-  try:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-  except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-    raise base.DataError(f'{where}: cannot decode the packed {what} ({type(e).__name__}: {e}); re-pack it') from e
-  return image
 
 
 class PackedSource:
@@ -146,9 +135,9 @@ class PackedSource:
     """Returns {'image': uint8 (H, W, 3), 'label': uint8 (H, W), 'name': the source image path}."""
     fields = self.record(index)
     where = f'{self.root}/{self.split}[{index}] ({fields["name"]})'
-    image = _decode_png_or_jpeg(fields['image'], where, 'image')
+    image = files.decode_bytes(fields['image'], f'{where} image', 're-pack the dataset')
     image = np.asarray(image if image.mode == 'RGB' else image.convert('RGB'), np.uint8)
-    label = np.asarray(_decode_png_or_jpeg(fields['label'], where, 'label'), np.uint8)
+    label = np.asarray(files.decode_bytes(fields['label'], f'{where} label', 're-pack the dataset'), np.uint8)
     if image.shape[:2] != label.shape or label.shape != (fields['height'], fields['width']):
       raise base.DataError(f'{where}: image {image.shape[:2]}, label {label.shape} and recorded size '
                            f'{(fields["height"], fields["width"])} disagree; re-pack the dataset')

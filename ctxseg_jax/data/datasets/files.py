@@ -110,23 +110,28 @@ def image_array(path: str) -> np.ndarray:
   return np.asarray(image, dtype=np.uint8)
 
 
-def raw_label_array(path: str) -> np.ndarray:
-  """uint8 (H, W) raw values of a single-channel label PNG (mode L or P read as indices, 16/32-bit if <= 255)."""
-  label = decode(path)
+def label_values(label: Image.Image, where: str) -> np.ndarray:
+  """uint8 (H, W) raw values of a decoded single-channel label (mode L or P read as indices, 16/32-bit if <= 255);
+  a DataError naming `where` for any other kind of image."""
   if label.mode in ('L', 'P'):
     return np.asarray(label, dtype=np.uint8)
   if label.mode in ('I', 'I;16', 'I;16B', 'I;16L'):
     values = np.asarray(label)
     if values.min() < 0 or values.max() > 255:
-      raise base.DataError(f'{path}: {label.mode} label holds values up to {values.max()}; labels must be 8-bit '
+      raise base.DataError(f'{where}: {label.mode} label holds values up to {values.max()}; labels must be 8-bit '
                            'class ids (save it as a mode L or P PNG)')
     return values.astype(np.uint8)
   channels = len(label.getbands())
   if channels > 1:
-    raise base.DataError(f'{path}: label has {channels} channels (mode {label.mode}), probably a colour '
+    raise base.DataError(f'{where}: label has mode {label.mode} ({channels} channels), probably a colour '
                          'visualisation; labels must be single-channel PNGs of class ids (mode L or P). Map each '
                          'colour to its class id and save with mode L or P.')
-  raise base.DataError(f'{path}: label has unsupported mode {label.mode}; save it as an 8-bit PNG (mode L or P)')
+  raise base.DataError(f'{where}: label has unsupported mode {label.mode}; save it as an 8-bit PNG (mode L or P)')
+
+
+def raw_label_array(path: str) -> np.ndarray:
+  """uint8 (H, W) raw values of a single-channel label PNG file (see label_values)."""
+  return label_values(decode(path), path)
 
 
 def match_by_key(images: dict[str, str], labels: dict[str, str], *, expected_label: Callable[[str], str],

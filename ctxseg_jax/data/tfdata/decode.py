@@ -9,14 +9,12 @@ JPEG decoding is libjpeg-turbo in both TF and PIL; its output can differ from PI
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import numpy as np
-from PIL import Image
 import tensorflow as tf
 
 from ctxseg_jax.data.datasets import files
-from ctxseg_jax.data.datasets.base import DataError, DatasetInfo
+from ctxseg_jax.data.datasets.base import DatasetInfo
 from ctxseg_jax.data.tfdata import checks
 
 _PNG_SIGNATURE = np.frombuffer(b'\x89PNG\r\n\x1a\n', np.uint8)
@@ -86,22 +84,8 @@ def _pil_label(data: bytes, where: bytes) -> np.ndarray:
   """uint8 (H, W) raw values of a label file that is not an 8-bit grey or palette PNG (decoded by PIL)."""
   data, where = (x.item() if isinstance(x, np.ndarray) else x for x in (data, where))
   where = where.decode(errors='replace')
-  try:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-  except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-    raise DataError(f'{where}: cannot decode the label ({type(e).__name__}: {e}); the file is corrupt or '
-                    'truncated: re-create it') from e
-  if image.mode in ('L', 'P'):
-    return np.asarray(image, np.uint8)
-  if image.mode.startswith('I'):
-    values = np.asarray(image)
-    if values.min() < 0 or values.max() > 255:
-      raise DataError(f'{where}: {image.mode} label holds values up to {values.max()}; labels must be 8-bit class '
-                      'ids (save it as a mode L or P PNG)')
-    return values.astype(np.uint8)
-  raise DataError(f'{where}: label has mode {image.mode}; labels must be single-channel 8-bit PNGs of class ids '
-                  '(mode L or P)')
+  label = files.decode_bytes(data, where, 'the file is corrupt or truncated: re-create it')
+  return files.label_values(label, where)
 
 
 def decode_label(data: tf.Tensor, where: tf.Tensor) -> tf.Tensor:

@@ -43,7 +43,8 @@ class ProgressBar:
       print(line, file=self.stream, flush=True)
 
 
-def _check_one(source, index: int, info, eval_shapes: tuple | None) -> tuple[list[str], np.ndarray | None]:
+def _check_one(source, index: int, info, eval_preprocess: transforms.EvalPreprocess | None
+               ) -> tuple[list[str], np.ndarray | None]:
   """Problems of sample `index` and its label histogram (None when it could not be read)."""
   name = source.sample_name(index)
   try:
@@ -56,17 +57,8 @@ def _check_one(source, index: int, info, eval_shapes: tuple | None) -> tuple[lis
   problems = check_sample(sample, info, name, label_file)
   if problems:
     return problems, None
-  if eval_shapes is not None:
-    image_limit, label_limit, eval_scale = eval_shapes
-    height, width = sample['label'].shape
-    resized = transforms.eval_rescale_size(height, width, eval_scale)
-    if resized[0] > image_limit[0] or resized[1] > image_limit[1]:
-      problems.append(f'{name}: {resized[0]}x{resized[1]} (HxW) after the eval resize is larger than '
-                      f'config.data.eval_size={image_limit}')
-    if height > label_limit[0] or width > label_limit[1]:
-      key = 'eval_label_size' if label_limit != image_limit or any(eval_scale) else 'eval_size'
-      problems.append(f'{name}: its label is {height}x{width} (HxW), larger than the padded eval label size '
-                      f'{label_limit} (config.data.{key})')
+  if eval_preprocess is not None:
+    problems.extend(eval_preprocess.shape_problems(name, *sample['label'].shape))
   return problems, np.bincount(sample['label'].reshape(-1), minlength=256)
 
 
@@ -79,14 +71,11 @@ def check_split(config: ml_collections.ConfigDict, split: str, info) -> list[str
   problems = list(getattr(source, 'problems', []))
   for note in getattr(source, 'notes', []):
     reporting.console(f'Note: {note}')
-  eval_shapes = None
-  if split == config.data.eval_split:
-    eval_shapes = (tuple(config.data.eval_size), transforms.eval_label_size(config.data),
-                   tuple(config.data.eval_scale))
+  eval_preprocess = transforms.EvalPreprocess.from_config(config.data) if split == config.data.eval_split else None
   counts = np.zeros(256, np.int64)
   progress = ProgressBar(f'Checking {info.name}/{split}', len(source))
   with concurrent.futures.ThreadPoolExecutor(max(config.data.worker_count, 1)) as pool:
-    results = pool.map(lambda i: _check_one(source, i, info, eval_shapes), range(len(source)))
+    results = pool.map(lambda i: _check_one(source, i, info, eval_preprocess), range(len(source)))
     for done, (sample_problems, histogram) in enumerate(results, 1):
       problems.extend(sample_problems)
       if histogram is not None:

@@ -107,8 +107,7 @@ def eval_batches(source: SegmentationSource, data_config: ml_collections.ConfigD
   num_batches = -(-len(source) // global_batch)
   padded = grain.MapDataset.source(PaddedEvalSource(source, num_batches * global_batch))
   dataset = (_process_shard(padded, process_index, count)
-             .map(transforms.EvalPreprocess(tuple(data_config.eval_size), transforms.eval_label_size(data_config),
-                                            tuple(data_config.eval_scale), data_config.image_pad_value))
+             .map(transforms.EvalPreprocess.from_config(data_config))
              .batch(global_batch // count, drop_remainder=True).to_iter_dataset(_read_options(data_config)))
   workers = data_config.worker_count if worker_count is None else worker_count
   return _closing(_with_workers(dataset, workers, data_config.worker_buffer_size)), num_batches

@@ -135,21 +135,35 @@ class EvalPreprocess(grain.transforms.Map):
   eval_scale: tuple[int, int]
   image_pad_value: int | tuple[int, int, int]
 
-  def map(self, sample: dict) -> dict:
-    image, label = sample['image'], sample['label']
-    height, width = label.shape
-    name = sample.get('name', 'sample')
+  @classmethod
+  def from_config(cls, data_config) -> EvalPreprocess:
+    return cls(tuple(data_config.eval_size), eval_label_size(data_config), tuple(data_config.eval_scale),
+               data_config.image_pad_value)
+
+  def shape_problems(self, name: str, height: int, width: int) -> list[str]:
+    """Why an eval sample with an original (height, width) label does not fit the static eval shapes, if it
+    does not: each problem names the sample and the config key to raise."""
+    problems = []
     if height > self.label_size[0] or width > self.label_size[1]:
       key = 'eval_label_size' if tuple(self.label_size) != tuple(self.eval_size) or any(self.eval_scale) \
           else 'eval_size'
-      raise DataError(f'{name}: label is {height}x{width} (HxW), larger than the padded eval label size '
+      problems.append(f'{name}: label is {height}x{width} (HxW), larger than the padded eval label size '
                       f'{tuple(self.label_size)}; set --config.data.{key} to at least the largest image size of '
                       'the eval split')
     resized = eval_rescale_size(height, width, self.eval_scale)
     if resized[0] > self.eval_size[0] or resized[1] > self.eval_size[1]:
-      raise DataError(f'{name}: image is {resized[0]}x{resized[1]} (HxW) after the eval resize, larger than '
+      problems.append(f'{name}: image is {resized[0]}x{resized[1]} (HxW) after the eval resize, larger than '
                       f'config.data.eval_size={tuple(self.eval_size)}; set --config.data.eval_size to at least the '
                       'largest (resized) image size of the eval split')
+    return problems
+
+  def map(self, sample: dict) -> dict:
+    image, label = sample['image'], sample['label']
+    height, width = label.shape
+    problems = self.shape_problems(sample.get('name', 'sample'), height, width)
+    if problems:
+      raise DataError(problems[0])
+    resized = eval_rescale_size(height, width, self.eval_scale)
     if resized != (height, width):
       image = np.asarray(Image.fromarray(image).resize((resized[1], resized[0]), Image.BILINEAR))
     return {'image': pad_image(image, self.eval_size, self.image_pad_value),

@@ -7,8 +7,8 @@ Protocol: 4 GPUs x 2 images, SyncBN, SGD lr 0.01, momentum 0.9, wd 5e-4, poly 0.
 multiplier; EncHead without lateral connections, 32 codes, Dropout2d 0.1; CE weight 1.0 averaged over all pixels
 (avg_non_ignore False), aux FCN 0.4, SE-loss 0.2; train resize scale (2048, 1024) x U(0.5, 2.0) (every image is
 2048x1024, so this is the long side 2048 x r), crop 512x1024 with cat_max_ratio 0.75, flip,
-PhotoMetricDistortion, padding with the mean colour; test: keep-ratio resize to scale (2048, 1024) (the identity for Cityscapes images), whole
-image at 1024x2048.
+PhotoMetricDistortion, padding with the mean colour; test: keep-ratio resize to scale (2048, 1024) (the
+identity for Cityscapes images), whole image at 1024x2048.
 
 Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned).
 Resizing uses PIL's bilinear filter (grain loader), which antialiases when shrinking; mmseg's cv2 does not (the

@@ -68,7 +68,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
   else:
     start_step, state = 0, exp.init_state()
   writer = reporting.MetricWriter(workdir, resume_step=start_step if start_step else None)
-  reporting.console(f'{config.name}: {exp.info.name} ({train_split.size} train images, {exp.info.num_classes} classes), '
+  reporting.console(f'{config.name}: {exp.info.name} ({train_split.size} train images, '
+                    f'{exp.info.num_classes} classes), '
                     f'{sum(x.size for x in jax.tree.leaves(state.params)):,} parameters, {mesh.devices.size} '
                     f'device(s) on {jax.process_count()} process(es), global batch {config.train.batch_size}, '
                     f'{total_steps} steps')

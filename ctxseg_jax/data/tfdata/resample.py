@@ -37,7 +37,8 @@ def _linear_indices(out_index, in_size, out_size):
 def resize_window(image: tf.Tensor, label: tf.Tensor, size: tf.Tensor, top: tf.Tensor, left: tf.Tensor,
                   crop: tuple[int, int], image_pad_value) -> tuple[tf.Tensor, tf.Tensor]:
   """The crop window [top, top + crop_h) x [left, left + crop_w) of the image and label resized to `size` and
-  padded bottom/right (image_pad_value, one int or one per channel / IGNORE), computed without resizing anything outside the window.
+  padded bottom/right (image: image_pad_value, one int or one per channel; label: IGNORE), computed without
+  resizing anything outside the window.
 
   Equal to resizing the whole image with tf.image.resize (bilinear, half-pixel centres, antialias=False; the label
   nearest), rounding to uint8, padding, then cropping.

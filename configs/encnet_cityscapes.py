@@ -16,17 +16,17 @@ tf.data loader, data.loader='tfdata', resizes like cv2).
 
 python -m ctxseg_jax.main --config configs/encnet_cityscapes.py --config.data.root=/data/cityscapes
 """
-from ctxseg_jax import protocols
+from ctxseg_jax import models, protocols
 from ctxseg_jax.config import base_config
+from ctxseg_jax.losses import TERMS, set_term
+from ctxseg_jax.models.heads import HEADS
 
 
 def get_config():
   config = base_config()
   config.name = 'encnet_cityscapes'
-  protocols.mmseg_cityscapes_80k(config)
-  config.model.name = 'encnet'
-  config.model.encnet.num_codes = 32
-  config.model.encnet.lateral = False
-  config.model.encnet.se_head = True
-  config.loss.se_weight = 0.2
+  shared = protocols.mmseg_cityscapes_80k(config)
+  models.set_head(config.model, 'decode_head', HEADS.config('enc', reads=(1, 2, 3), num_codes=32,
+                                                               lateral=False, se_head=True, **shared))
+  set_term(config.loss, 'se', TERMS.config('se', output='se_logits', weight=0.2))
   return config

@@ -20,17 +20,17 @@ count (24990) rounds up.
 
 python -m ctxseg_jax.main --config configs/encnet_pcontext.py --config.data.root=/data/VOCdevkit/VOC2010
 """
-from ctxseg_jax import protocols
+from ctxseg_jax import models, protocols
 from ctxseg_jax.config import base_config
+from ctxseg_jax.losses import TERMS, set_term
+from ctxseg_jax.models.heads import HEADS
 
 
 def get_config():
   config = base_config()
   config.name = 'encnet_pcontext'
-  protocols.pytorch_encoding_pcontext(config)
-  config.model.name = 'encnet'
-  config.model.encnet.num_codes = 32
-  config.model.encnet.lateral = True
-  config.model.encnet.se_head = True
-  config.loss.se_weight = 0.2
+  shared = protocols.pytorch_encoding_pcontext(config)
+  models.set_head(config.model, 'decode_head', HEADS.config('enc', reads=(1, 2, 3), num_codes=32,
+                                                               lateral=True, se_head=True, **shared))
+  set_term(config.loss, 'se', TERMS.config('se', output='se_logits', weight=0.2))
   return config

@@ -5,15 +5,15 @@ ms+flip), mean over classes present. The protocol is the EncNet run's (see confi
 including what is not reproduced yet); the head is mmseg's FCNHead: two 3x3 convs 2048 -> 512, concat with the
 input, a third 3x3 conv, Dropout2d 0.1, 1x1 classifier; auxiliary FCN head 0.4.
 """
-from ctxseg_jax import protocols
+from ctxseg_jax import models, protocols
 from ctxseg_jax.config import base_config
+from ctxseg_jax.models.heads import HEADS
 
 
 def get_config():
   config = base_config()
   config.name = 'fcn_cityscapes'
-  protocols.mmseg_cityscapes_80k(config)
-  config.model.name = 'fcn'
-  config.model.head.num_convs = 2
-  config.model.head.concat_input = True
+  shared = protocols.mmseg_cityscapes_80k(config)
+  models.set_head(config.model, 'decode_head', HEADS.config('fcn', reads=(3,), num_convs=2,
+                                                               concat_input=True, **shared))
   return config

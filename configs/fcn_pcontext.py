@@ -12,15 +12,15 @@ point, not a target for this config.
 
 See configs/encnet_pcontext.py for the protocol and what is not reproduced yet.
 """
-from ctxseg_jax import protocols
+from ctxseg_jax import models, protocols
 from ctxseg_jax.config import base_config
+from ctxseg_jax.models.heads import HEADS
 
 
 def get_config():
   config = base_config()
   config.name = 'fcn_pcontext'
-  protocols.pytorch_encoding_pcontext(config)
-  config.model.name = 'fcn'
-  config.model.head.num_convs = 1
-  config.model.head.concat_input = False
+  shared = protocols.pytorch_encoding_pcontext(config)
+  models.set_head(config.model, 'decode_head', HEADS.config('fcn', reads=(3,), num_convs=1,
+                                                               concat_input=False, **shared))
   return config

@@ -57,9 +57,6 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def best_step(self) -> int | None:
-    return self._manager.best_step()
-
   def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None,
            config: ml_collections.ConfigDict, metrics: dict[str, float] | None = None) -> None:
     """Starts an asynchronous save of `step` (returns once device buffers are copied)."""

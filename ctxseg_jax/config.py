@@ -8,17 +8,35 @@ Defaults follow the reference implementations (see the comments beside each key)
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, Iterable
 
 import ml_collections
+
+from ctxseg_jax import inference, losses, models
+from ctxseg_jax.losses import TERMS
+from ctxseg_jax.models.backbones import BACKBONES
+from ctxseg_jax.models.heads import HEADS
 
 # ImageNet RGB mean/std in 0..255 pixel units, as every reference uses.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
+# Parameters outside the backbone: what PyTorch-Encoding trains at 10x the LR (its heads and auxiliary head).
+HEADS_PATTERN = '^(?!backbone/)'
+
+
 class ConfigError(ValueError):
   """A config key or value that cannot run, with a message naming the key and the fix."""
+
+
+def aux_fcn_head(**overrides: Any) -> ml_collections.ConfigDict:
+  """The training-only auxiliary FCNHead on stage 3 (mmseg and PyTorch-Encoding): one 3x3 conv 256 wide, no input
+  concat, dropout 0.1, publishing 'aux_logits'."""
+  settings = dict(reads=(2,), train_only=True, outputs=('aux_logits',), channels=256, num_convs=1,
+                  concat_input=False)
+  return HEADS.config('fcn', **{**settings, **overrides})
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -67,38 +85,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.num_val = 200
   c.data.synthetic.seed = 0
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = 'fcn'                # see ctxseg_jax.models.MODELS
-  c.model.dtype = 'float32'           # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
-  c.model.backbone = ml_collections.ConfigDict()
-  c.model.backbone.depth = 50         # 18, 34, 50, 101 or 152
-  c.model.backbone.stem = 'v1c'       # 'v1c' (mmseg, 3x3 32-32-64), 's' (PyTorch-Encoding, 64-64-128), 'pytorch' (7x7)
-  c.model.backbone.base_width = 64    # channels of the first stage; 64 is the reference, smaller for CPU demos
-  c.model.backbone.output_stride = 8  # 8: dilations (1,1,2,4); 16: (1,1,1,2); 32: no dilation
-  c.model.backbone.contract_dilation = True  # first block of a dilated stage uses half the dilation (mmseg, PTE)
-  c.model.backbone.zero_init_residual = True  # last BN of each block starts at scale 0 (mmseg; torchvision: False)
-  c.model.head = ml_collections.ConfigDict()  # mmseg FCNHead as in fcn_r50-d8
-  c.model.head.channels = 512
-  c.model.head.num_convs = 2
-  c.model.head.concat_input = True
-  c.model.head.dropout = 0.1
-  c.model.head.dropout_mode = 'channel'  # 'channel' (Dropout2d, mmseg) or 'element' (nn.Dropout, PTE)
-  c.model.encnet = ml_collections.ConfigDict()  # EncHead (model.name='encnet'); channels/dropout from model.head
-  c.model.encnet.num_codes = 32       # K codewords of the Encoding layer
-  c.model.encnet.lateral = False      # lateral connections from stages 2 and 3 (mmseg default off; PTE on for
-                                      # PASCAL datasets)
-  c.model.encnet.se_head = True       # the SE branch (Linear -> classes) that the SE-loss trains
-  c.model.aux_head = ml_collections.ConfigDict()  # auxiliary FCNHead on stage 3, training only
-  c.model.aux_head.enabled = True
-  c.model.aux_head.channels = 256
-  c.model.aux_head.num_convs = 1
-  c.model.aux_head.dropout = 0.1
-
-  c.loss = ml_collections.ConfigDict()
-  c.loss.ce_reduction = 'valid'       # 'valid': mean over non-ignored pixels (PTE, HRNet, Paddle);
-                                      # 'all': mean over all pixels, ignored ones count 0 (mmseg avg_non_ignore=False)
-  c.loss.aux_weight = 0.4             # mmseg 0.4; PyTorch-Encoding train scripts 0.2
-  c.loss.se_weight = 0.2              # SE-loss (EncNet): BCE-with-logits on per-image class presence
+  # A backbone and named heads in running order (see ctxseg_jax.models; each component's keys, defaults and valid
+  # values live with it). Default: mmseg fcn_r50-d8, FCNHead on stage 4 + auxiliary FCNHead on stage 3.
+  c.model = models.model_config(
+      backbone=BACKBONES.config('resnet'),
+      heads={'decode_head': HEADS.config('fcn', reads=(3,)),
+             'aux_head': aux_fcn_head()})
+  # Weighted loss terms over the model's outputs (see ctxseg_jax.losses), summed in this order.
+  c.loss = losses.loss_config(
+      ce=TERMS.config('cross_entropy'),
+      aux=TERMS.config('cross_entropy', output='aux_logits', weight=0.4))  # mmseg 0.4; PyTorch-Encoding 0.2
 
   c.optim = ml_collections.ConfigDict()  # SGD + polynomial decay, stepped per iteration
   c.optim.lr = 0.01
@@ -108,7 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.end_lr = 0.0                # floor of the polynomial decay (mmseg: 1e-4)
   c.optim.warmup_steps = 0            # linear warmup from warmup_ratio * lr
   c.optim.warmup_ratio = 0.1
-  c.optim.head_lr_mult = 1.0          # LR multiplier for everything outside the backbone (PyTorch-Encoding: 10)
+  c.optim.lr_mults = ()               # ((regex, multiplier), ...): a parameter whose path ('decode_head/conv_seg/
+                                      # kernel') matches a regex (re.search, first match wins) trains at that
+                                      # multiple of the LR; others at 1. PyTorch-Encoding: ((HEADS_PATTERN, 10.0),)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 80_000
@@ -120,6 +118,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 16              # global
+  c.eval.mode = 'whole'               # how images become scores (ctxseg_jax.inference.MODES): 'whole' image
   c.eval.miou_convention = 'present'  # headline `miou`: 'present' (mean over classes present, mmseg) or
                                       # 'all' (mean over all classes, absent ones count 0: HRNet, PyTorch-Encoding)
   c.lock()
@@ -128,22 +127,15 @@ def base_config() -> ml_collections.ConfigDict:
 
 _CHOICES = {
     'data.loader': ('grain', 'tfdata'),
-    'model.dtype': ('float32', 'bfloat16'),
-    'model.backbone.depth': (18, 34, 50, 101, 152),
-    'model.backbone.stem': ('v1c', 's', 'pytorch'),
-    'model.backbone.output_stride': (8, 16, 32),
-    'model.head.dropout_mode': ('channel', 'element'),
-    'loss.ce_reduction': ('valid', 'all'),
     'eval.miou_convention': ('present', 'all'),
+    'eval.mode': inference.MODES,
 }
 _POSITIVE = ('train.steps', 'train.batch_size', 'train.log_every', 'train.checkpoint_every',
-             'train.keep_checkpoints', 'eval.batch_size', 'data.base_size', 'model.backbone.base_width',
-             'model.head.channels', 'model.aux_head.channels', 'model.encnet.num_codes', 'data.synthetic.image_size',
+             'train.keep_checkpoints', 'eval.batch_size', 'data.base_size', 'data.synthetic.image_size',
              'data.synthetic.num_train', 'data.synthetic.num_val')
 _NON_NEGATIVE = ('train.eval_every', 'optim.lr', 'optim.weight_decay', 'optim.end_lr', 'optim.warmup_steps',
-                 'optim.head_lr_mult', 'loss.aux_weight', 'loss.se_weight', 'data.worker_count', 'data.base_short_side',
-                 'model.head.num_convs')
-_UNIT_INTERVAL = ('optim.momentum', 'optim.warmup_ratio', 'model.head.dropout', 'model.aux_head.dropout')
+                 'data.worker_count', 'data.base_short_side')
+_UNIT_INTERVAL = ('optim.momentum', 'optim.warmup_ratio')
 
 
 def get(config: ml_collections.ConfigDict, dotted: str) -> Any:
@@ -161,15 +153,14 @@ def _pair(config, key: str, errors: list[str], *, positive: bool = True) -> None
     errors.append(f'config.{key}={value!r} must be positive')
 
 
-def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str] = (),
-             known_models: Iterable[str] = ()) -> None:
+def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str] = ()) -> None:
   """Checks every value; raises ConfigError listing each bad key, its value and what is valid."""
-  errors: list[str] = []
+  errors: list[str] = models.problems(config.model)
+  errors += losses.problems(config.loss, models.head_outputs(config.model, train=True) if not errors else [])
+  errors += _lr_mult_problems(config.optim.lr_mults)
   choices_by_key = dict(_CHOICES)
   if known_datasets:
     choices_by_key['data.name'] = tuple(known_datasets)
-  if known_models:
-    choices_by_key['model.name'] = tuple(known_models)
   for key, choices in choices_by_key.items():
     value = get(config, key)
     if value not in choices:
@@ -218,3 +209,20 @@ def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str]
                   f'{config.train.steps}')
   if errors:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(errors))
+
+
+def _lr_mult_problems(lr_mults: Any) -> list[str]:
+  example = '--config.optim.lr_mults="((\'^(?!backbone/)\', 10.0),)"'
+  if not isinstance(lr_mults, (tuple, list)):
+    return [f'config.optim.lr_mults={lr_mults!r} must be a tuple of (regex, multiplier) pairs, e.g. {example}']
+  errors = []
+  for entry in lr_mults:
+    if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
+            and isinstance(entry[1], (int, float)) and entry[1] >= 0):
+      errors.append(f'config.optim.lr_mults entry {entry!r} must be (regex, multiplier >= 0), e.g. {example}')
+      continue
+    try:
+      re.compile(entry[0])
+    except re.error as e:
+      errors.append(f'config.optim.lr_mults pattern {entry[0]!r} is not a valid regex: {e}')
+  return errors

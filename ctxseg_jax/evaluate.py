@@ -1,14 +1,12 @@
 """Evaluation: a confusion matrix accumulated on device over the sharded eval split, then mIoU / mAcc / aAcc."""
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-import jax
 import numpy as np
 from etils import epath
 
-from ctxseg_jax import experiment, metrics, parallel, reporting, steps
+from ctxseg_jax import experiment, metrics, parallel, reporting
 from ctxseg_jax.checkpoints import Checkpointer
 from ctxseg_jax.data import loaders, transforms
 
@@ -21,10 +19,6 @@ class Evaluator:
     config = exp.config
     self.split = loaders.split(config.data, config.data.eval_split)
     parallel.per_process_batch_size(config.eval.batch_size, exp.mesh, 'eval.batch_size')
-    step = functools.partial(steps.eval_step, model=exp.model, config=config, num_classes=exp.info.num_classes,
-                             ignore_index=exp.info.ignore_index)
-    self._step = jax.jit(step, in_shardings=(parallel.replicated(exp.mesh), parallel.batch_sharded(exp.mesh)),
-                         out_shardings=parallel.replicated(exp.mesh))
 
   def run(self, variables: dict[str, Any]) -> dict[str, float]:
     """Metrics in percent (see metrics.segmentation_metrics) over the whole eval split."""
@@ -33,7 +27,7 @@ class Evaluator:
     pixels_per_batch = config.eval.batch_size * int(np.prod(transforms.eval_label_size(config.data)))
     accumulator = metrics.ConfusionAccumulator(self.exp.info.num_classes)
     for host_batch in batches:
-      accumulator.add(self._step(variables, parallel.to_global(host_batch, self.exp.mesh)), pixels_per_batch)
+      accumulator.add(self.exp.eval_step(variables, parallel.to_global(host_batch, self.exp.mesh)), pixels_per_batch)
     return metrics.segmentation_metrics(accumulator.result(), self.exp.info.class_names,
                                         config.eval.miou_convention)
 

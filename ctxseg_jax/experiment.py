@@ -1,9 +1,10 @@
-"""What train, evaluate and summary share: dataset metadata, mesh, model, optimizer and the state's shapes."""
+"""What train, evaluate and summary share: dataset metadata, mesh, model, loss, optimizer, and the jit-compiled
+functions with their shardings (built here and nowhere else)."""
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -12,9 +13,11 @@ import optax
 from jax.sharding import Mesh
 
 from ctxseg_jax import config as config_lib
-from ctxseg_jax import models, optim, parallel, steps
+from ctxseg_jax import inference, optim, parallel, steps
 from ctxseg_jax.data import datasets
 from ctxseg_jax.data.datasets.base import DatasetInfo
+from ctxseg_jax.losses import LossFn, make_loss
+from ctxseg_jax.models import build_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,10 +26,11 @@ class Experiment:
   info: DatasetInfo
   mesh: Mesh
   model: nn.Module
+  loss_fn: LossFn
   optimizer: optax.GradientTransformation
 
   @functools.cached_property
-  def init_state(self):
+  def init_state(self) -> Callable[[], steps.TrainState]:
     """A jitted () -> TrainState, replicated over the mesh."""
     return jax.jit(functools.partial(steps.init_state, self.model, self.optimizer, self.config.seed,
                                      tuple(self.config.data.crop_size)),
@@ -36,14 +40,39 @@ class Experiment:
     """The TrainState's shapes, dtypes and shardings, computed without allocating it."""
     return jax.eval_shape(self.init_state)
 
+  @functools.cached_property
+  def train_step(self) -> Callable[[steps.TrainState, dict], tuple[steps.TrainState, dict]]:
+    """Jitted (state, global batch) -> (new state, replicated scalar metrics); the input state is donated."""
+    step = functools.partial(steps.train_step, model=self.model, optimizer=self.optimizer, loss_fn=self.loss_fn,
+                             config=self.config)
+    return jax.jit(step, in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
+                   out_shardings=(parallel.replicated(self.mesh), parallel.replicated(self.mesh)),
+                   donate_argnums=0)
+
+  @functools.cached_property
+  def eval_step(self) -> Callable[[dict, dict], jax.Array]:
+    """Jitted (variables, global eval batch) -> replicated (K, K) confusion matrix."""
+    step = functools.partial(steps.eval_step, model=self.model, config=self.config,
+                             num_classes=self.info.num_classes, ignore_index=self.info.ignore_index)
+    return jax.jit(step, in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
+                   out_shardings=parallel.replicated(self.mesh))
+
+  @functools.cached_property
+  def predict(self) -> Callable[[dict, jax.Array], jax.Array]:
+    """Jitted (variables, uint8 images (B, H, W, 3) sharded on the batch) -> logits (B, H, W, K), same sharding."""
+    fn = functools.partial(inference.predict_logits, model=self.model, config=self.config)
+    return jax.jit(fn, in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
+                   out_shardings=parallel.batch_sharded(self.mesh))
+
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  config_lib.validate(config, known_datasets=datasets.DATASETS, known_models=models.MODELS)
+  config_lib.validate(config, known_datasets=datasets.DATASETS)
 
 
 def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Experiment:
   validate_config(config)
   info = datasets.dataset_info(config.data)
   return Experiment(config=config, info=info, mesh=parallel.make_mesh(devices),
-               model=models.build_model(config.model, info.num_classes),
-               optimizer=optim.make_optimizer(config.optim, config.train.steps))
+                    model=build_model(config.model, info.num_classes),
+                    loss_fn=make_loss(config.loss, ignore_index=info.ignore_index),
+                    optimizer=optim.make_optimizer(config.optim, config.train.steps))

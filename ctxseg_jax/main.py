@@ -60,7 +60,7 @@ def main(argv: list[str]) -> None:
   from ctxseg_jax import config as config_lib, experiment, parallel
   from ctxseg_jax.checkpoints import CheckpointMismatchError
   from ctxseg_jax.data.datasets.base import DataError
-  from ctxseg_jax.train import NonFiniteLossError
+  from ctxseg_jax.progress import NonFiniteLossError
 
   parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if config.name == 'base':

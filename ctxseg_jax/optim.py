@@ -1,14 +1,13 @@
 """SGD with momentum, L2 weight decay and a per-iteration polynomial LR, as the reference codebases train."""
 from __future__ import annotations
 
-from typing import Any, Callable
+import re
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-
-BACKBONE = 'backbone'
 
 
 def poly_schedule(optim_config: ml_collections.ConfigDict, total_steps: int) -> Callable[[jax.Array], jax.Array]:
@@ -31,19 +30,29 @@ def poly_schedule(optim_config: ml_collections.ConfigDict, total_steps: int) -> 
   return schedule
 
 
-def param_group(path: tuple[Any, ...]) -> str:
-  """'backbone' for backbone parameters, 'head' for everything else (decode, auxiliary and context heads)."""
-  first = path[0]
-  name = getattr(first, 'key', getattr(first, 'name', first))
-  return BACKBONE if name == BACKBONE else 'head'
+def param_path(path: tuple[Any, ...]) -> str:
+  """A pytree path as the string lr_mults patterns match: 'decode_head/conv_seg/kernel'."""
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
+
+
+def lr_multiplier(path: str, lr_mults: Sequence[tuple[str, float]]) -> float:
+  """The LR multiplier of the parameter at `path`: that of the first (regex, multiplier) whose regex
+  re.search-es the path, else 1."""
+  for pattern, mult in lr_mults:
+    if re.search(pattern, path):
+      return float(mult)
+  return 1.0
 
 
 def make_optimizer(optim_config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
   """PyTorch SGD semantics: g + wd * w goes into the momentum buffer b = m * b + g; w -= lr * mult * b.
 
-  Heads get `head_lr_mult` times the backbone LR (PyTorch-Encoding trains heads at 10x).
+  `mult` comes from optim_config.lr_mults (PyTorch-Encoding trains every parameter outside the backbone at 10x;
+  HRNet-OCR those whose names hold cls, aux or ocr). Parameters with the same multiplier form one group.
   """
   schedule = poly_schedule(optim_config, total_steps)
+  lr_mults = tuple(optim_config.lr_mults)
+  mults = sorted({1.0} | {float(m) for _, m in lr_mults})
 
   def sgd(mult: float) -> optax.GradientTransformation:
     return optax.chain(
@@ -52,6 +61,7 @@ def make_optimizer(optim_config: ml_collections.ConfigDict, total_steps: int) ->
     )
 
   def labels(params):
-    return jax.tree_util.tree_map_with_path(lambda path, _: param_group(path), params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: f'lr_x{lr_multiplier(param_path(path), lr_mults)}', params)
 
-  return optax.multi_transform({BACKBONE: sgd(1.0), 'head': sgd(optim_config.head_lr_mult)}, labels)
+  return optax.multi_transform({f'lr_x{mult}': sgd(mult) for mult in mults}, labels)

@@ -7,7 +7,7 @@ BatchNorm statistics) are therefore over the global batch: exact SyncBN with no 
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -47,11 +47,6 @@ def to_global(host_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
   """Assembles each process's slice of the batch into arrays sharded over the whole mesh."""
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in host_batch.items()}
-
-
-def put_replicated(tree: Any, mesh: Mesh) -> Any:
-  """Places an identical-on-every-host pytree on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
 
 
 def maybe_initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,

@@ -1,46 +1,55 @@
 """Training and evaluation protocols shared by a method's config and its baseline's.
 
-A protocol sets everything a paper's comparison holds fixed: data and augmentation, backbone, auxiliary head and
-the decode head's width and dropout convention, loss reduction and auxiliary weight, schedule, optimiser and
-evaluation. A config file applies one and then sets its method (model.name and the method's own keys), so a pair
-like configs/encnet_ade20k.py and configs/fcn_ade20k.py differs only in the model by construction. The
-reference behind each protocol is in the docstrings of the configs that use it.
+A protocol sets everything a paper's comparison holds fixed: data and augmentation, backbone, auxiliary head, the
+cross-entropy terms, schedule, optimiser and evaluation; it also returns the decode-head settings the comparison
+shares (width, dropout convention). A config file applies one and then sets its method as data: the decode head
+(`models.set_head(config.model, 'decode_head', HEADS.config(type, **shared, ...))`) and the method's own loss
+terms. So a pair like configs/encnet_ade20k.py and configs/fcn_ade20k.py differs only in the decode head and its
+loss by construction. The reference behind each protocol is in the docstrings of the configs that use it.
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import ml_collections
 
+from ctxseg_jax import models
+from ctxseg_jax.config import HEADS_PATTERN, aux_fcn_head
 from ctxseg_jax.data.datasets import pascal_context
+from ctxseg_jax.losses import TERMS, set_term
+from ctxseg_jax.models.backbones import BACKBONES
+
+HeadSettings = dict[str, Any]
 
 # mmseg pads normalised images with 0, the mean colour: the uint8 RGB nearest to the ImageNet mean.
 MMSEG_PAD_COLOUR = (124, 116, 104)
 
 
-def _r101_d8(config: ml_collections.ConfigDict, *, stem: str, dropout_mode: str) -> None:
-  """Dilated ResNet-101 (output stride 8), decode head 512 wide with dropout 0.1, auxiliary FCN head 256."""
-  config.model.backbone.depth = 101
-  config.model.backbone.stem = stem
-  config.model.backbone.output_stride = 8
-  config.model.head.channels = 512
-  config.model.head.dropout = 0.1
-  config.model.head.dropout_mode = dropout_mode
-  config.model.aux_head.enabled = True
-  config.model.aux_head.channels = 256
-  config.model.aux_head.dropout = 0.1
+def _r101_d8(config: ml_collections.ConfigDict, *, stem: str, dropout_mode: str) -> HeadSettings:
+  """Dilated ResNet-101 (output stride 8) and the auxiliary FCN head 256 wide on stage 3; returns the decode head
+  settings: 512 wide, dropout 0.1 in `dropout_mode`."""
+  config.model.backbone = BACKBONES.config('resnet', depth=101, stem=stem, output_stride=8)
+  models.set_head(config.model, 'aux_head', aux_fcn_head(dropout=0.1, dropout_mode=dropout_mode))
+  return dict(channels=512, dropout=0.1, dropout_mode=dropout_mode)
+
+
+def _cross_entropy(config: ml_collections.ConfigDict, *, reduction: str, aux_weight: float) -> None:
+  """Cross-entropy on 'logits' (weight 1) and on the auxiliary head's 'aux_logits' (`aux_weight`)."""
+  set_term(config.loss, 'ce', TERMS.config('cross_entropy', reduction=reduction))
+  set_term(config.loss, 'aux', TERMS.config('cross_entropy', output='aux_logits', weight=aux_weight,
+                                            reduction=reduction))
 
 
 def _mmseg_sgd(config: ml_collections.ConfigDict, *, batch_size: int, steps: int, eval_every: int) -> None:
   """mmseg's schedule: SGD lr 0.01, momentum 0.9, wd 5e-4, poly 0.9 to 1e-4; CE over all pixels, aux 0.4."""
-  config.loss.ce_reduction = 'all'
-  config.loss.aux_weight = 0.4
+  _cross_entropy(config, reduction='all', aux_weight=0.4)
   config.train.batch_size = batch_size
   config.train.steps = steps
   config.train.eval_every = eval_every
   config.train.checkpoint_every = 4_000
   config.optim.lr = 0.01
-  config.optim.head_lr_mult = 1.0
+  config.optim.lr_mults = ()
   config.optim.momentum = 0.9
   config.optim.weight_decay = 5e-4
   config.optim.end_lr = 1e-4
@@ -48,7 +57,7 @@ def _mmseg_sgd(config: ml_collections.ConfigDict, *, batch_size: int, steps: int
   config.eval.miou_convention = 'present'
 
 
-def mmseg_ade20k_160k(config: ml_collections.ConfigDict) -> None:
+def mmseg_ade20k_160k(config: ml_collections.ConfigDict) -> HeadSettings:
   """mmseg R-101-D8, ADE20K, 512x512 crops, 160k iterations at batch 16 (see configs/encnet_ade20k.py)."""
   config.data.name = 'ade20k'
   config.data.base_size = 2048
@@ -61,11 +70,11 @@ def mmseg_ade20k_160k(config: ml_collections.ConfigDict) -> None:
   config.data.photometric_distortion = True
   config.data.eval_scale = (2048, 512)
   config.data.eval_label_size = (2048, 2048)
-  _r101_d8(config, stem='v1c', dropout_mode='channel')
   _mmseg_sgd(config, batch_size=16, steps=160_000, eval_every=16_000)
+  return _r101_d8(config, stem='v1c', dropout_mode='channel')
 
 
-def mmseg_cityscapes_80k(config: ml_collections.ConfigDict) -> None:
+def mmseg_cityscapes_80k(config: ml_collections.ConfigDict) -> HeadSettings:
   """mmseg R-101-D8, Cityscapes, 512x1024 crops, 80k iterations at batch 8 (see configs/encnet_cityscapes.py)."""
   config.data.name = 'cityscapes'
   config.data.base_size = 2048
@@ -76,11 +85,11 @@ def mmseg_cityscapes_80k(config: ml_collections.ConfigDict) -> None:
   config.data.cat_max_ratio = 0.75
   config.data.photometric_distortion = True
   config.data.eval_scale = (2048, 1024)
-  _r101_d8(config, stem='v1c', dropout_mode='channel')
   _mmseg_sgd(config, batch_size=8, steps=80_000, eval_every=8_000)
+  return _r101_d8(config, stem='v1c', dropout_mode='channel')
 
 
-def pytorch_encoding_pcontext(config: ml_collections.ConfigDict, *, epochs: int = 80) -> None:
+def pytorch_encoding_pcontext(config: ml_collections.ConfigDict, *, epochs: int = 80) -> HeadSettings:
   """PyTorch-Encoding ResNet-101s, PASCAL-Context 59, 480x480 crops, `epochs` epochs at batch 16 (see
   configs/encnet_pcontext.py)."""
   config.data.name = 'pascal_context_59'
@@ -93,23 +102,22 @@ def pytorch_encoding_pcontext(config: ml_collections.ConfigDict, *, epochs: int 
   config.data.photometric_distortion = False
   config.data.eval_scale = (520, 520)
   config.data.eval_label_size = (500, 500)
-  _r101_d8(config, stem='s', dropout_mode='element')
-  config.loss.ce_reduction = 'valid'
-  config.loss.aux_weight = 0.2
+  _cross_entropy(config, reduction='valid', aux_weight=0.2)
   config.train.batch_size = 16
   config.train.steps = math.ceil(epochs * pascal_context.NUM_IMAGES['train'] / config.train.batch_size)  # 24990
   config.train.eval_every = 2_500
   config.train.checkpoint_every = 1_000
   config.optim.lr = 0.001 * config.train.batch_size / 16
-  config.optim.head_lr_mult = 10.0
+  config.optim.lr_mults = ((HEADS_PATTERN, 10.0),)  # heads and auxiliary head at 10x
   config.optim.momentum = 0.9
   config.optim.weight_decay = 1e-4
   config.optim.end_lr = 0.0
   config.eval.batch_size = 16
   config.eval.miou_convention = 'all'
+  return _r101_d8(config, stem='s', dropout_mode='element')
 
 
-def synthetic_demo(config: ml_collections.ConfigDict) -> None:
+def synthetic_demo(config: ml_collections.ConfigDict) -> HeadSettings:
   """The CPU demo: a width-16 dilated ResNet-18 on 96 px synthetic context images, 1200 steps (configs/demo.py)."""
   config.data.name = 'synthetic_context'
   config.data.synthetic.image_size = 96
@@ -120,17 +128,15 @@ def synthetic_demo(config: ml_collections.ConfigDict) -> None:
   config.data.crop_size = (96, 96)
   config.data.eval_size = (96, 96)
   config.data.worker_count = 1
-  config.model.backbone.depth = 18
-  config.model.backbone.stem = 'v1c'
-  config.model.backbone.base_width = 16
-  config.model.head.channels = 64
-  config.model.aux_head.channels = 32
+  config.model.backbone = BACKBONES.config('resnet', depth=18, stem='v1c', base_width=16)
+  models.set_head(config.model, 'aux_head', aux_fcn_head(channels=32))
   config.optim.lr = 0.04
   config.optim.weight_decay = 1e-4
-  config.optim.head_lr_mult = 1.0
+  config.optim.lr_mults = ()
   config.train.steps = 1200
   config.train.batch_size = 16
   config.train.log_every = 100
   config.train.eval_every = 400
   config.train.checkpoint_every = 200
   config.eval.batch_size = 40
+  return dict(channels=64)

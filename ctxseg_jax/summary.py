@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
-from ctxseg_jax import experiment, reporting, steps
+from ctxseg_jax import experiment, reporting
 
 
 def count_params(tree: Any) -> int:
@@ -39,17 +39,14 @@ def summarize(config: ml_collections.ConfigDict, workdir: str | epath.Path | Non
 
   params_total: every trainable parameter, training-only heads included (the model initialised in train mode).
   params_inference: the parameters eval and predict use (initialised in eval mode: training-only heads absent).
-  flops_inference: XLA's FLOP count (a multiply-add counts 2) for one image of config.data.eval_size, logits
-  resized to the input size, as in evaluation.
+  flops_inference: XLA's FLOP count (a multiply-add counts 2) of the inference path (inference.predict_logits,
+  config.eval.mode) for one image of config.data.eval_size.
   Writes <workdir>/summary.json when workdir is given.
   """
-  exp = experiment.build(config)
-  model = exp.model
+  exp = experiment.build(config, jax.devices()[:1])  # one image: one device
   eval_image = jax.ShapeDtypeStruct((1, *config.data.eval_size, 3), jnp.uint8)
-  train_vars, infer_vars = abstract_variables(model, config)
-
-  lowered = jax.jit(lambda v, x: steps.predict_logits(v, x, model=model, config=config)).lower(infer_vars, eval_image)
-  cost = lowered.cost_analysis()
+  train_vars, infer_vars = abstract_variables(exp.model, config)
+  cost = exp.predict.lower(infer_vars, eval_image).cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   summary = {

@@ -5,7 +5,6 @@ and the dropout key of step t is fold_in(key(seed), t), so an interrupted run en
 """
 from __future__ import annotations
 
-import functools
 import math
 import signal
 import threading
@@ -14,18 +13,14 @@ from typing import Sequence
 
 import jax
 import ml_collections
-import numpy as np
 from etils import epath
 
-from ctxseg_jax import experiment, optim, parallel, reporting, steps
+from ctxseg_jax import experiment, optim, parallel, reporting
 from ctxseg_jax.checkpoints import Checkpointer
 from ctxseg_jax.config import ConfigError
 from ctxseg_jax.data import loaders
 from ctxseg_jax.evaluate import Evaluator
-
-
-class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or infinite; no checkpoint was written after the last finite step."""
+from ctxseg_jax.progress import ProgressWindow
 
 
 class _Preemption:
@@ -74,33 +69,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
                     f'device(s) on {jax.process_count()} process(es), global batch {config.train.batch_size}, '
                     f'{total_steps} steps')
 
-  step_fn = functools.partial(steps.train_step, model=exp.model, optimizer=exp.optimizer, config=config,
-                              ignore_index=exp.info.ignore_index)
-  jit_step = jax.jit(step_fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                     out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
   schedule = optim.poly_schedule(config.optim, total_steps)
   eval_every, checkpoint_every = config.train.eval_every, config.train.checkpoint_every
 
-  pending = []  # (step, device metrics) not yet fetched and checked for finiteness
-  window = []   # fetched metrics of the steps since the last log line
-  window_start, window_steps = time.time(), 0
+  def last_good() -> str:
+    checkpointer.wait()
+    last = checkpointer.latest_step()
+    return f'the last good checkpoint is {"none" if last is None else f"step {last}"} in {checkpointer.directory}'
+
+  progress = ProgressWindow(last_good)
   results = {}
-
-  def fetch_pending() -> None:
-    """Moves pending step metrics to `window`; raises NonFiniteLossError before anything non-finite is saved."""
-    nonlocal pending
-    for (pending_step, _), values in zip(pending, jax.device_get([m for _, m in pending])):
-      values = {k: float(v) for k, v in values.items()}
-      if not all(math.isfinite(v) for v in values.values()):
-        checkpointer.wait()
-        last = checkpointer.latest_step()
-        raise NonFiniteLossError(
-            f'non-finite loss at step {pending_step} ({", ".join(f"{k}={v}" for k, v in values.items())}). '
-            f'Stopped without saving; the last good checkpoint is {"none" if last is None else f"step {last}"} '
-            f'in {checkpointer.directory}. Try a lower --config.optim.lr or a warmup (--config.optim.warmup_steps).')
-      window.append(values)
-    pending = []
-
   if start_step >= total_steps:
     reporting.console(f'Already trained to step {start_step}; evaluate it with --mode eval.')
   step = last_saved = start_step
@@ -108,7 +86,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
     with _Preemption() as preemption:
       while step < total_steps:
         if preemption.reached(checkpointer, step):
-          fetch_pending()
+          progress.fetch()
           if step != last_saved:
             checkpointer.save(step, state, data_iter, config)
           checkpointer.wait()
@@ -117,36 +95,31 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
         batch = parallel.to_global(next(data_iter), mesh)
         if step == start_step:
           compile_start = time.time()
-          state, step_metrics = jit_step(state, batch)
+          state, step_metrics = exp.train_step(state, batch)
           jax.block_until_ready(step_metrics)
           reporting.console(f'Compiled and ran step {step + 1} in {time.time() - compile_start:.1f}s')
-          window_start = time.time()
+          progress.restart_clock()
         else:
-          state, step_metrics = jit_step(state, batch)
-          window_steps += 1
+          state, step_metrics = exp.train_step(state, batch)
+        progress.add(step + 1, step_metrics, timed=step != start_step)
         step += 1
-        pending.append((step, step_metrics))
 
         is_last = step == total_steps
         do_eval = is_last or (eval_every and step % eval_every == 0)
         do_log = is_last or step % config.train.log_every == 0
         do_save = do_eval or step % checkpoint_every == 0
-        if do_log or do_save:
-          fetch_pending()
+        if do_save:
+          progress.fetch()
         if do_log:
-          elapsed = time.time() - window_start
-          images_per_s = window_steps * config.train.batch_size / elapsed if window_steps and elapsed > 0 else 0.0
-          means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+          means, images_per_s, eta = progress.summary(config.train.batch_size, total_steps - step)
           lr = float(schedule(step - 1))
-          eta = (total_steps - step) * elapsed / window_steps if window_steps else float('nan')
           reporting.console(f'step {step}/{total_steps}  loss {means["loss"]:.4f}  lr {lr:.3g}  '
                             f'{images_per_s:.1f} img/s  ETA {_duration(eta)}')
           writer.write(step, 'train', {**means, 'lr': lr, 'images_per_s': images_per_s})
-          window, window_start, window_steps = [], time.time(), 0
         if do_eval:
           results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
           evaluator.report(step, results, writer)
-          window_start = time.time()
+          progress.restart_clock()
         if do_save:
           checkpointer.save(step, state, data_iter, config, metrics={'miou': results['miou']} if do_eval else None)
           last_saved = step

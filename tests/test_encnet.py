@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from ctxseg_jax import config as config_lib
-from ctxseg_jax import summary
-from ctxseg_jax.models import MODELS, build_model
-from ctxseg_jax.models import factory
+from ctxseg_jax import models, summary
+from ctxseg_jax.models import build_model
+from ctxseg_jax.models.backbones import BACKBONES
+from ctxseg_jax.models.heads import HEADS
 from ctxseg_jax.models.heads.encnet import EncHead, EncModule
-from tests.tiny_config import get_config
+from tests.tiny_config import get_config, tiny_model_config, use_encnet
 
 NUM_CLASSES = 5
 
@@ -37,17 +38,7 @@ def _abstract_variables(module: nn.Module, inputs, train: bool):
 
 
 def _tiny_model_config(dtype: str = 'float32', lateral: bool = True, se_head: bool = True):
-  c = config_lib.base_config().model
-  c.name = 'encnet'
-  c.dtype = dtype
-  c.backbone.depth = 18
-  c.backbone.base_width = 8
-  c.head.channels = 16
-  c.aux_head.channels = 8
-  c.encnet.num_codes = 8
-  c.encnet.lateral = lateral
-  c.encnet.se_head = se_head
-  return c
+  return tiny_model_config('enc', dtype, lateral=lateral, se_head=se_head)
 
 
 @pytest.fixture(scope='module')
@@ -137,14 +128,16 @@ def test_linear_layers_use_pytorch_default_init():
 
 # ------------------------------------------------------------------------------------------------ EncHead
 
-def test_registry_has_encnet():
-  assert 'encnet' in MODELS
+def test_registry_has_the_enc_head():
+  assert HEADS['enc'].outputs == ('logits', 'se_logits')
 
 
 def test_train_outputs_and_shapes(tiny):
   model, variables, x = tiny
   out, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs={'dropout': _key(5)},
                                             mutable=['batch_stats']))(variables, x)
+  stages = out.pop('stage_features')
+  assert len(stages) == 4
   assert {k: v.shape for k, v in out.items()} == {
       'logits': (2, 8, 8, NUM_CLASSES), 'aux_logits': (2, 8, 8, NUM_CLASSES), 'se_logits': (2, NUM_CLASSES)}
   assert all(v.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(v))) for v in out.values())
@@ -182,7 +175,7 @@ def test_se_head_off_gives_no_se_logits():
   assert 'se_layer' not in variables['params']['decode_head']
   out, _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, rngs={'dropout': _key(1)},
                                                    mutable=['batch_stats']), variables, x)
-  assert set(out) == {'logits', 'aux_logits'}
+  assert set(out) == {'logits', 'aux_logits', 'stage_features'}
 
 
 def test_lateral_connections_add_exactly_their_layers():
@@ -190,11 +183,11 @@ def test_lateral_connections_add_exactly_their_layers():
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   counts = {}
   for lateral in (False, True):
-    config.encnet.lateral = lateral
+    config.heads.decode_head.lateral = lateral
     model = build_model(config, NUM_CLASSES)
     counts[lateral] = _count(jax.eval_shape(lambda x: model.init(_rngs(), x, train=False), x)['params'])
-  _, c2, c3, _ = factory.backbone_channels(config)
-  c = config.head.channels
+  _, c2, c3, _ = (8 * 2**stage for stage in range(4))  # width-8 ResNet-18 (BasicBlock: no expansion)
+  c = config.heads.decode_head.channels
   conv_bn = lambda cin, cout, k: k * k * cin * cout + 2 * cout  # noqa: E731
   assert counts[True] - counts[False] == conv_bn(c2, c, 1) + conv_bn(c3, c, 1) + conv_bn(3 * c, c, 3)
 
@@ -215,6 +208,7 @@ def test_bfloat16_compute_returns_float32(tiny):
   f32 = build_model(_tiny_model_config('float32'), NUM_CLASSES)
   out, _ = jax.jit(lambda v, x: bf16.apply(v, x, train=True, rngs={'dropout': _key(3)},
                                            mutable=['batch_stats']))(variables, x)
+  assert all(f.dtype == jnp.bfloat16 for f in out.pop('stage_features'))
   assert all(v.dtype == jnp.float32 for v in out.values())
   infer = lambda m: jax.jit(lambda v, x: m.apply(v, x, train=False)['logits'])  # noqa: E731
   bf16_logits, f32_logits = infer(bf16)(variables, x), infer(f32)(variables, x)
@@ -243,9 +237,8 @@ def test_gradients_reach_every_parameter(tiny):
 
 def test_full_size_encnet_r101_shapes():
   config = config_lib.base_config().model
-  config.name = 'encnet'
-  config.backbone.depth = 101
-  config.encnet.lateral = True
+  config.backbone = BACKBONES.config('resnet', depth=101)
+  models.set_head(config, 'decode_head', HEADS.config('enc', reads=(1, 2, 3), lateral=True))
   model = build_model(config, num_classes=59)
   x = jax.ShapeDtypeStruct((2, 480, 480, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(_rngs(), x, train=True), x)
@@ -257,13 +250,14 @@ def test_full_size_encnet_r101_shapes():
   assert shapes['se_layer']['kernel'] == (512, 59)
   out, _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, rngs={'dropout': _key(1)},
                                                    mutable=['batch_stats']), variables, x)
+  assert [f.shape[1:] for f in out.pop('stage_features')] == [(120, 120, 256), (60, 60, 512), (60, 60, 1024),
+                                                              (60, 60, 2048)]
   assert {k: v.shape for k, v in out.items()} == {
       'logits': (2, 60, 60, 59), 'aux_logits': (2, 60, 60, 59), 'se_logits': (2, 59)}
 
 
 def test_summary_inference_count_excludes_se_layer_and_aux_head():
-  config = get_config()  # 8 classes, width-8 ResNet-18 (stage 3: 32 channels), head 16, aux head 8
-  config.model.name = 'encnet'
+  config = use_encnet(get_config())  # 8 classes, width-8 ResNet-18 (stage 3: 32 channels), head 16, aux head 8
   counts = summary.parameter_counts(config)
   se_layer = 16 * 8 + 8
   aux_head = (3 * 3 * 32 * 8 + 2 * 8) + (8 * 8 + 8)

@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 
 from ctxseg_jax import config as config_lib
-from ctxseg_jax.models import MODELS, build_model
+from ctxseg_jax import models
+from ctxseg_jax.models import build_model
+from ctxseg_jax.models.backbones import BACKBONES
+from ctxseg_jax.models.heads import HEADS
 from ctxseg_jax.models.backbones.resnet import Bottleneck, ResNet, block_plan
 from ctxseg_jax.models.heads.fcn import FCNHead, classifier_dropout
 from ctxseg_jax.models.layers.conv import ConvBNReLU, conv2d
 from ctxseg_jax.models.layers.resize import resize_bilinear
+from tests.tiny_config import tiny_model_config
 
 
 def _count(tree) -> int:
@@ -37,16 +41,6 @@ def _init(module: nn.Module, shape, train: bool = False, seed: int = 0):
   """Jitted init of real parameter values."""
   rngs = {'params': _key(seed), 'dropout': _key(seed + 1)}
   return jax.jit(lambda x: module.init(rngs, x, train=train))(jnp.zeros(shape, jnp.float32))
-
-
-def _tiny_model_config(dtype: str = 'float32'):
-  c = config_lib.base_config().model
-  c.dtype = dtype
-  c.backbone.depth = 18
-  c.backbone.base_width = 8
-  c.head.channels = 16
-  c.aux_head.channels = 8
-  return c
 
 
 # ----------------------------------------------------------------------------------------------- resize
@@ -265,18 +259,20 @@ def test_classifier_dropout_modes():
 
 # -------------------------------------------------------------------------------------------- segmentor
 
-def test_registry():
-  assert 'fcn' in MODELS
-  c = _tiny_model_config()
-  c.name = 'nonexistent'
-  with pytest.raises(ValueError, match='fcn'):
+def test_registries_name_the_valid_choices():
+  assert 'resnet' in BACKBONES and 'fcn' in HEADS and 'enc' in HEADS
+  c = tiny_model_config()
+  c.heads.decode_head.type = 'fnc'
+  with pytest.raises(ValueError, match=r"heads.decode_head.type='fnc' is not a known head; .*did you mean 'fcn'"):
     build_model(c, 3)
+  with pytest.raises(KeyError, match="has no settings \\['chanels'\\]"):
+    HEADS.config('fcn', chanels=3)
 
 
 @pytest.fixture(scope='module')
 def tiny():
   """A depth-18, width-8 FCN, its training-mode variables and a (2, 64, 64, 3) input batch."""
-  model = build_model(_tiny_model_config(), num_classes=5)
+  model = build_model(tiny_model_config(), num_classes=5)
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
   return model, _init(model, x.shape, train=True), x
 
@@ -309,7 +305,8 @@ def test_tiny_fcn_train_forward_and_gradients(tiny):
     return jnp.mean(out['logits'] ** 2) + 0.4 * jnp.mean(out['aux_logits'] ** 2), (out, updates)
 
   grads, (out, updates) = jax.jit(jax.grad(loss_fn, has_aux=True))(train_vars['params'])
-  assert set(out) == {'logits', 'aux_logits'}
+  assert set(out) == {'logits', 'aux_logits', 'stage_features'}
+  assert [f.shape for f in out['stage_features']] == [(2, 16, 16, 8), (2, 8, 8, 16), (2, 8, 8, 32), (2, 8, 8, 64)]
   assert out['logits'].shape == out['aux_logits'].shape == (2, 8, 8, 5)
   assert out['logits'].dtype == out['aux_logits'].dtype == jnp.float32
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
@@ -323,13 +320,13 @@ def test_tiny_fcn_train_forward_and_gradients(tiny):
 
 def test_tiny_fcn_bfloat16_returns_float32(tiny):
   _, variables, x = tiny
-  model = build_model(_tiny_model_config('bfloat16'), num_classes=5)  # same parameters, bf16 compute
+  model = build_model(tiny_model_config(dtype='bfloat16'), num_classes=5)  # same parameters, bf16 compute
   out, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, rngs={'dropout': _key(3)},
                                             mutable=['batch_stats']))(variables, x)
   assert out['logits'].dtype == jnp.float32 and out['aux_logits'].dtype == jnp.float32
   infer = lambda m: jax.jit(lambda v, x: m.apply(v, x, train=False)['logits'])  # noqa: E731
   bf16_logits = infer(model)(variables, x)
-  f32_logits = infer(build_model(_tiny_model_config(), num_classes=5))(variables, x)
+  f32_logits = infer(build_model(tiny_model_config(), num_classes=5))(variables, x)
   assert bf16_logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(bf16_logits)))
   np.testing.assert_allclose(bf16_logits, f32_logits, atol=0.1 * float(jnp.abs(f32_logits).max()) + 1e-3)
 

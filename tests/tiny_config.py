@@ -2,7 +2,30 @@
 
 Usable as a config file: python -m ctxseg_jax.main --config tests/tiny_config.py
 """
-from ctxseg_jax.config import base_config
+from ctxseg_jax import models
+from ctxseg_jax.config import aux_fcn_head, base_config
+from ctxseg_jax.losses import TERMS, set_term
+from ctxseg_jax.models.backbones import BACKBONES
+from ctxseg_jax.models.heads import HEADS
+
+
+def tiny_model_config(decode: str = 'fcn', dtype: str = 'float32', **decode_settings):
+  """config.model of a width-8 ResNet-18 with a 16-wide decode head of type `decode` ('fcn' or 'enc': reads
+  stages 2-4, 8 codes) and an 8-wide auxiliary FCN head."""
+  model = base_config().model
+  model.dtype = dtype
+  model.backbone = BACKBONES.config('resnet', depth=18, base_width=8)
+  defaults = {'fcn': dict(reads=(3,)), 'enc': dict(reads=(1, 2, 3), num_codes=8)}[decode]
+  models.set_head(model, 'decode_head', HEADS.config(decode, channels=16, **{**defaults, **decode_settings}))
+  models.set_head(model, 'aux_head', aux_fcn_head(channels=8))
+  return model
+
+
+def use_encnet(config, se_weight: float = 0.2, **decode_settings):
+  """Turns a tiny config into an EncNet (EncHead with 8 codes + SE-loss)."""
+  config.model = tiny_model_config('enc', config.model.dtype, **decode_settings)
+  set_term(config.loss, 'se', TERMS.config('se', output='se_logits', weight=se_weight))
+  return config
 
 
 def get_config():
@@ -16,10 +39,7 @@ def get_config():
   config.data.crop_size = (32, 32)
   config.data.eval_size = (32, 32)
   config.data.worker_count = 0
-  config.model.backbone.depth = 18
-  config.model.backbone.base_width = 8
-  config.model.head.channels = 16
-  config.model.aux_head.channels = 8
+  config.model = tiny_model_config()
   config.optim.lr = 0.01
   config.train.steps = 6
   config.train.batch_size = 8

@@ -1,36 +1,89 @@
-"""Losses over a model's named outputs: each term picks the outputs it needs (DESIGN.md principle 2)."""
+"""The training loss: a list of weighted terms over the model's named outputs, built from config.loss.
+
+config.loss.terms maps a term's name to a TERMS config (chosen by its `type`): the output it reads, its weight
+and the step from which the weight applies, plus the term type's own settings. Each term is a function
+(outputs, batch, step, key) -> (value, scalars); the total is the sum of weight * value in term-name order. Terms are
+logged as 'loss_<name>' (weighted) and their scalars as '<name>/<scalar>'.
+"""
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from ctxseg_jax.losses.cross_entropy import pixel_cross_entropy
-from ctxseg_jax.losses.se_loss import se_loss
-from ctxseg_jax.models.layers.resize import resize_bilinear
+from ctxseg_jax import settings
+from ctxseg_jax.losses import cross_entropy, se_loss
+from ctxseg_jax.settings import Registry, Setting
+
+Outputs = dict[str, jax.Array]
+Batch = dict[str, jax.Array]
+LossFn = Callable[[Outputs, Batch, jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+WEIGHTING = {
+    'output': Setting('logits', 'the model output the term reads'),
+    'weight': Setting(1.0, 'multiplier of the term in the total; 0 leaves the term out',
+                      rule=settings.NON_NEGATIVE),
+    'start_step': Setting(0, 'the weight is 0 before this step (ContrastiveSeg starts its contrast term at 5000)',
+                          rule=settings.NON_NEGATIVE),
+}
+
+TERMS = Registry('loss term', 'type', {
+    'cross_entropy': cross_entropy.COMPONENT,
+    'se': se_loss.COMPONENT,
+}, common=WEIGHTING)
 
 
-def segmentation_loss(outputs: dict[str, jax.Array], labels: jax.Array, loss_config: ml_collections.ConfigDict,
-                      ignore_index: int) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Total training loss and its weighted terms.
+def loss_config(**terms: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.loss from {term name: TERMS.config(...)}."""
+  config = ml_collections.ConfigDict()
+  config.terms = ml_collections.ConfigDict(terms)
+  return config
 
-  Args:
-    outputs: the model's named outputs; 'logits' (B, h, w, K) and optionally 'aux_logits', at feature resolution.
-      They are resized bilinearly (align_corners False) to the label size before the loss, as mmseg does.
-      Optionally 'se_logits' (B, K), EncNet's per-image class presence logits.
-    labels: int (B, H, W).
-    loss_config: config.loss (ce_reduction, aux_weight, se_weight).
-  Returns:
-    (total, terms) where terms maps 'loss_ce', 'loss_aux', 'loss_se' to their weighted values; a term is present
-    only when its output exists and its weight is positive ('loss_ce' always).
+
+def set_term(loss: ml_collections.ConfigDict, name: str, term: ml_collections.ConfigDict | None) -> None:
+  """Adds or replaces (a TERMS.config(...)) or removes (None) the term `name` of config.loss."""
+  settings.set_entry(loss.terms, name, term)
+
+
+def problems(loss: ml_collections.ConfigDict, train_outputs: list[str], prefix: str = 'loss') -> list[str]:
+  """Every problem of config.loss, given the names of the outputs the model publishes in training."""
+  errors = []
+  for name, term in loss.terms.items():
+    term_errors = TERMS.problems(f'{prefix}.terms.{name}', term)
+    if not term_errors and term.output not in train_outputs:
+      term_errors.append(f'config.{prefix}.terms.{name}.output={term.output!r} is not an output of the model; '
+                         f'its outputs in training are {train_outputs}')
+    errors += term_errors
+  if not loss.terms:
+    errors.append(f'config.{prefix}.terms is empty: the loss needs at least one term')
+  return errors
+
+
+def make_loss(loss: ml_collections.ConfigDict, *, ignore_index: int) -> LossFn:
+  """The loss function of config.loss.
+
+  The returned function maps (outputs, batch, step, key) to (total, logs):
+    outputs: the model's named outputs in training.
+    batch: {'image': float32 (B, H, W, 3) normalised, 'label': int32 (B, H, W)}.
+    step: int32 scalar, the step being taken (0-based); key: a PRNG key for this step.
+  logs holds 'loss_<name>' (the weighted value) for every term with a positive weight, and '<name>/<scalar>' for
+  the scalars a term reports.
   """
-  size = labels.shape[1:3]
+  terms = [(index, name, term, TERMS[term.type].build(term, ignore_index=ignore_index))
+           for index, (name, term) in enumerate(loss.terms.items()) if term.weight > 0]
 
-  def ce(logits):
-    return pixel_cross_entropy(resize_bilinear(logits, size), labels, ignore_index, loss_config.ce_reduction)
+  def loss_fn(outputs: Outputs, batch: Batch, step: jax.Array, key: jax.Array):
+    logs = {}
+    for index, name, term, fn in terms:
+      value, scalars = fn(outputs, batch, step, jax.random.fold_in(key, index))
+      weight = term.weight
+      if term.start_step > 0:
+        weight = jnp.where(step >= term.start_step, weight, 0.0)
+      logs[f'loss_{name}'] = weight * value
+      logs.update({f'{name}/{k}': v for k, v in scalars.items()})
+    total = sum(logs[f'loss_{name}'] for _, name, _, _ in terms)
+    return total, logs
 
-  terms = {'loss_ce': ce(outputs['logits'])}
-  if 'aux_logits' in outputs and loss_config.aux_weight > 0:
-    terms['loss_aux'] = loss_config.aux_weight * ce(outputs['aux_logits'])
-  if 'se_logits' in outputs and loss_config.se_weight > 0:
-    terms['loss_se'] = loss_config.se_weight * se_loss(outputs['se_logits'], labels, ignore_index)
-  return sum(terms.values()), terms
+  return loss_fn

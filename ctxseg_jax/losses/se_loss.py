@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ctxseg_jax import settings
+
 
 def class_presence(labels: jax.Array, num_classes: int, ignore_index: int) -> jax.Array:
   """Which classes occur in each label map.
@@ -33,3 +35,16 @@ def se_loss(se_logits: jax.Array, labels: jax.Array, ignore_index: int) -> jax.A
   se_logits = se_logits.astype(jnp.float32)
   target = class_presence(labels, se_logits.shape[-1], ignore_index)
   return jnp.mean(optax.sigmoid_binary_cross_entropy(se_logits, target))
+
+
+def build(config, *, ignore_index: int):
+  """The term of an 'se' config: se_loss of `config.output` (B, K) against the batch's label maps."""
+
+  def term(outputs, batch, step, key):
+    del step, key
+    return se_loss(outputs[config.output], batch['label'], ignore_index), {}
+
+  return term
+
+
+COMPONENT = settings.Component(build, doc="EncNet's SE-loss: BCE on per-image class presence")

@@ -1,56 +1,103 @@
-"""Backbone + decode head + optional auxiliary head -> a dict of named float32 outputs."""
+"""A backbone plus an ordered set of named heads -> a dict of named outputs.
+
+Each head is declared by a `HeadSpec`: which backbone stages it reads (by index, as mmseg's `in_index`; one
+stage is passed as an array, several as a list, or resized to the first one's size and concatenated with
+`input_transform='resize_concat'`, as HRNet's head input is), which outputs of earlier heads it also reads
+(passed positionally after the features: OCR's object head reads the soft-region logits), whether it runs only in
+training, and the names under which its outputs are published.
+"""
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-InIndex = int | tuple[int, ...]
+from ctxseg_jax.models.layers.resize import resize_bilinear
+
+INPUT_TRANSFORMS = ('select', 'resize_concat')
+STAGE_FEATURES = 'stage_features'
 
 
-def select_features(features: Sequence[jax.Array], in_index: InIndex) -> jax.Array | list[jax.Array]:
-  """mmseg `in_index`: one stage output for an int, a list of them for a tuple."""
-  if isinstance(in_index, int):
-    return features[in_index]
-  return [features[i] for i in in_index]
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+  """One head of a Segmentor and its wiring.
+
+  Attributes:
+    name: the head's module name (its parameters live under params[name]).
+    module: the unbound head module; called as module(features, *read_outputs, train=...) and returning one
+      array or a dict keyed by `local_outputs`.
+    reads: backbone stage indices (0 = finest).
+    input_transform: 'select' (one array for one index, a list for several) or 'resize_concat' (every stage
+      resized bilinearly to the first one's size, then concatenated on channels).
+    align_corners: corner convention of the 'resize_concat' resize.
+    reads_outputs: names of earlier heads' outputs passed after the features.
+    train_only: runs, and owns parameters, only when train=True.
+    local_outputs: the names the module returns (its registry entry's outputs).
+    outputs: the published name of each local output, position by position.
+  """
+  name: str
+  module: nn.Module
+  reads: tuple[int, ...] = (3,)
+  input_transform: str = 'select'
+  align_corners: bool = False
+  reads_outputs: tuple[str, ...] = ()
+  train_only: bool = False
+  local_outputs: tuple[str, ...] = ('logits',)
+  outputs: tuple[str, ...] = ('logits',)
+
+
+def head_input(features: Sequence[jax.Array], spec: HeadSpec) -> jax.Array | list[jax.Array] | None:
+  """The backbone features `spec` reads, shaped as its input_transform says (None when it reads no stage)."""
+  selected = [features[i] for i in spec.reads]
+  if not selected:
+    return None
+  if spec.input_transform == 'resize_concat':
+    size = selected[0].shape[1:3]
+    return jnp.concatenate([resize_bilinear(x, size, align_corners=spec.align_corners) for x in selected], axis=-1)
+  return selected[0] if len(selected) == 1 else selected
 
 
 class Segmentor(nn.Module):
-  """Encoder-decoder segmentation model with named outputs.
+  """Backbone + declared heads, with named outputs.
 
-  The decode head gets `select_features(stage_outputs, decode_in_index)` and returns either logits or a dict
-  of named outputs that holds 'logits' (a head with extra outputs, such as EncNet's 'se_logits', returns a
-  dict). The auxiliary head is training-only: it runs, and so owns parameters, only when `train` is True, so
-  `init(..., train=False)` creates exactly the inference model.
-
-  Outputs, all float32 whatever the compute dtype, at the resolution of the features they come from (callers
-  resize to the label or image size):
-    'logits': (B, h, w, K), always.
-    'aux_logits': (B, h_a, w_a, K), only when `train` and an auxiliary head is configured.
-    any further keys the decode head returns.
+  Outputs, at the resolution of the features they come from (callers resize to the label or image size):
+    'logits': (B, h, w, K) float32, always.
+    every other output a head publishes, float32; training-only heads' outputs only when `train`.
+    'stage_features': when `train`, the tuple of backbone stage outputs (B, h_i, w_i, C_i) in the compute dtype,
+      for training-only consumers (projection heads, feature metrics); unused ones cost nothing under jit.
+  A training-only head runs, and so owns parameters, only when `train` is True: `init(..., train=False)` creates
+  exactly the inference model.
 
   Attributes:
     backbone: module mapping (B, H, W, 3) images to a list of stage outputs; called as backbone(x, train=...).
-    decode_head: module called as decode_head(features, train=...).
-    aux_head: optional training-only module called as aux_head(features, train=...) -> logits.
-    decode_in_index: backbone outputs the decode head reads (mmseg `in_index`; 3 = last stage).
-    aux_in_index: backbone outputs the auxiliary head reads (2 = stage 3).
+    heads: the heads in the order they run.
   """
   backbone: nn.Module
-  decode_head: nn.Module
-  aux_head: nn.Module | None = None
-  decode_in_index: InIndex = 3
-  aux_in_index: InIndex = 2
+  heads: tuple[HeadSpec, ...]
 
+  @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
-    """(B, H, W, 3) normalised float images -> dict of named float32 outputs (see the class docstring)."""
+    """(B, H, W, 3) normalised float images -> dict of named outputs (see the class docstring)."""
     features = self.backbone(images, train=train)
-    decoded = self.decode_head(select_features(features, self.decode_in_index), train=train)
-    outputs = dict(decoded) if isinstance(decoded, dict) else {'logits': decoded}
+    outputs = {}
+    for spec in self.heads:
+      if spec.train_only and not train:
+        continue
+      inputs = [outputs[name] for name in spec.reads_outputs]
+      x = head_input(features, spec)
+      if x is not None:
+        inputs.insert(0, x)
+      result = spec.module.clone(parent=self, name=spec.name)(*inputs, train=train)
+      if not isinstance(result, dict):
+        result = {spec.local_outputs[0]: result}
+      published = dict(zip(spec.local_outputs, spec.outputs))
+      outputs.update({published[local]: value for local, value in result.items()})
     if 'logits' not in outputs:
-      raise ValueError(f'the decode head must return logits or a dict with a "logits" key; got {sorted(outputs)}')
-    if train and self.aux_head is not None:
-      outputs['aux_logits'] = self.aux_head(select_features(features, self.aux_in_index), train=train)
-    return {name: value.astype(jnp.float32) for name, value in outputs.items()}
+      raise ValueError(f'no head published "logits"; outputs are {sorted(outputs)}')
+    outputs = {name: value.astype(jnp.float32) for name, value in outputs.items()}
+    if train:
+      outputs[STAGE_FEATURES] = tuple(features)
+    return outputs

@@ -14,7 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ctxseg_jax import settings
 from ctxseg_jax.models.layers.conv import ConvBNReLU, batch_norm, conv2d
+from ctxseg_jax.settings import Setting
 
 Dtype = Any
 
@@ -200,3 +202,27 @@ class ResNet(nn.Module):
                       name=f'layer{stage + 1}_{index}')(x, train=train)
       outputs.append(x)
     return outputs
+
+
+SETTINGS = {
+    'depth': Setting(50, '18, 34, 50, 101 or 152', choices=tuple(BLOCK_COUNTS)),
+    'stem': Setting('v1c', "'v1c' (mmseg, 3x3 32-32-64), 's' (PyTorch-Encoding, 64-64-128), 'pytorch' (7x7)",
+                    choices=STEMS),
+    'base_width': Setting(64, 'channels of the first stage; 64 is the reference, smaller for CPU demos',
+                          rule=settings.POSITIVE),
+    'output_stride': Setting(8, '8: dilations (1,1,2,4); 16: (1,1,1,2); 32: no dilation',
+                             choices=tuple(STAGE_STRIDES_DILATIONS)),
+    'contract_dilation': Setting(True, 'first block of a dilated stage uses half the dilation (mmseg, PTE)'),
+    'zero_init_residual': Setting(True, 'last BN of each block starts at scale 0 (mmseg; torchvision: False)'),
+}
+
+
+def build(config, *, dtype: Dtype) -> ResNet:
+  """The dilated ResNet of a backbone config (SETTINGS' keys)."""
+  return ResNet(depth=config.depth, stem=config.stem, base_width=config.base_width,
+                output_stride=config.output_stride, contract_dilation=config.contract_dilation,
+                zero_init_residual=config.zero_init_residual, dtype=dtype)
+
+
+COMPONENT = settings.Component(build, SETTINGS, outputs=('stage1', 'stage2', 'stage3', 'stage4'),
+                               doc='dilated ResNet (mmseg ResNetV1c, PyTorch-Encoding resnet*s)')

@@ -1,0 +1,25 @@
+"""Heads by type (config.model.heads.<name>.type), with the wiring settings every head declares.
+
+A head type is one module file with SETTINGS, a build function and a `Component`; registering it is one line
+below. Its config is `HEADS.config(type, **settings)`, placed under config.model.heads with `models.set_head`.
+"""
+from ctxseg_jax import settings
+from ctxseg_jax.models.heads import encnet, fcn
+from ctxseg_jax.models.segmentor import INPUT_TRANSFORMS
+from ctxseg_jax.settings import Registry, Setting
+
+WIRING = {
+    'reads': Setting((3,), 'backbone stages read, by index (0 = finest; mmseg in_index)', rule=settings.INT_TUPLE),
+    'input_transform': Setting('select', "'select': one array per index (a list for several); 'resize_concat': "
+                               'resized to the first one and concatenated (HRNet)', choices=INPUT_TRANSFORMS),
+    'align_corners': Setting(False, "corner convention of the 'resize_concat' resize"),
+    'reads_outputs': Setting((), 'outputs of earlier heads passed after the features', rule=settings.STR_TUPLE),
+    'train_only': Setting(False, 'runs and owns parameters only in training (auxiliary heads)'),
+    'outputs': Setting(('logits',), "published name of each of the head's outputs, in order",
+                       rule=settings.STR_TUPLE),
+}
+
+HEADS = Registry('head', 'type', {
+    'fcn': fcn.COMPONENT,
+    'enc': encnet.COMPONENT,
+}, common=WIRING)

@@ -12,11 +12,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ctxseg_jax.models.heads.fcn import classifier_dropout, conv_seg
+from ctxseg_jax import settings
+from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, classifier_dropout, conv_seg
 from ctxseg_jax.models.layers.conv import BN_EPSILON, BN_MOMENTUM, ConvBNReLU
 from ctxseg_jax.models.layers.encoding import Encoding
 from ctxseg_jax.models.layers.linear import torch_linear
 from ctxseg_jax.models.layers.resize import resize_bilinear
+from ctxseg_jax.settings import Setting
 
 Dtype = Any
 
@@ -115,3 +117,24 @@ class EncHead(nn.Module):
     if train and self.se_head:
       outputs['se_logits'] = torch_linear(self.num_classes, encoded.shape[-1], name='se_layer')(encoded)
     return outputs
+
+
+SETTINGS = {
+    'channels': Setting(512, 'width of every hidden layer', rule=settings.POSITIVE),
+    'num_codes': Setting(32, 'K codewords of the Encoding layer', rule=settings.POSITIVE),
+    'lateral': Setting(False, 'lateral connections from the earlier inputs (mmseg: off; PyTorch-Encoding: on for '
+                       'PASCAL datasets); the head then reads three stages, e.g. reads=(1, 2, 3)'),
+    'se_head': Setting(True, 'the training-only SE branch (Linear -> classes) that the SE-loss trains'),
+    **DROPOUT_SETTINGS,
+}
+
+
+def build(config, *, num_classes: int, dtype: Dtype) -> EncHead:
+  """The EncHead of a head config (SETTINGS' keys)."""
+  return EncHead(num_classes=num_classes, channels=config.channels, num_codes=config.num_codes,
+                 lateral=config.lateral, se_head=config.se_head, dropout=config.dropout,
+                 dropout_mode=config.dropout_mode, dtype=dtype)
+
+
+COMPONENT = settings.Component(build, SETTINGS, outputs=('logits', 'se_logits'),
+                               doc='EncNet head: Context Encoding Module + SE branch')

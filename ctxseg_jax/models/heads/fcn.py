@@ -7,10 +7,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ctxseg_jax import settings
 from ctxseg_jax.models.layers.conv import ConvBNReLU, conv2d
+from ctxseg_jax.settings import Setting
 
 Dtype = Any
 DROPOUT_MODES = ('channel', 'element')
+DROPOUT_SETTINGS = {
+    'dropout': Setting(0.1, 'dropout rate before the classifier; 0 disables it', rule=settings.UNIT_INTERVAL),
+    'dropout_mode': Setting('channel', "'channel' (Dropout2d, mmseg) or 'element' (nn.Dropout, PyTorch-Encoding)",
+                            choices=DROPOUT_MODES),
+}
 
 
 def classifier_dropout(rate: float, mode: str, *, train: bool, name: str = 'dropout') -> nn.Dropout | None:
@@ -74,3 +81,23 @@ class FCNHead(nn.Module):
     if dropout is not None:
       y = dropout(y)
     return conv_seg(self.num_classes, dtype=self.dtype)(y).astype(jnp.float32)
+
+
+SETTINGS = {
+    'channels': Setting(512, 'width of the hidden convs', rule=settings.POSITIVE),
+    'num_convs': Setting(2, 'hidden 3x3 ConvModules (PyTorch-Encoding\'s FCNHead: 1)', rule=settings.NON_NEGATIVE),
+    'concat_input': Setting(True, 'concat the input with the convs\' output and fuse (mmseg; PyTorch-Encoding: no)'),
+    'kernel_size': Setting(3, 'kernel of the hidden and fusion convs (OCRNet\'s auxiliary FCN: 1)',
+                           rule=settings.POSITIVE),
+    **DROPOUT_SETTINGS,
+}
+
+
+def build(config, *, num_classes: int, dtype: Dtype) -> FCNHead:
+  """The FCNHead of a head config (SETTINGS' keys)."""
+  return FCNHead(num_classes=num_classes, channels=config.channels, num_convs=config.num_convs,
+                 concat_input=config.concat_input, kernel_size=config.kernel_size, dropout=config.dropout,
+                 dropout_mode=config.dropout_mode, dtype=dtype)
+
+
+COMPONENT = settings.Component(build, SETTINGS, outputs=('logits',), doc='mmseg FCNHead')

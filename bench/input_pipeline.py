@@ -1,6 +1,6 @@
-"""Benchmark of the Cityscapes training input pipeline: images/s of the grain and the tf.data loaders.
+"""Benchmark of the Cityscapes training input pipeline: images/s of the grain loader by worker count.
 
-  python bench/input_pipeline.py --out FILE [--images N] [--batch B] [--workers 0 1 2] [--loaders grain tfdata]
+  python bench/input_pipeline.py --out FILE [--images N] [--batch B] [--workers 0 1 2]
                                  [--warmup N] [--batches N] [--repeats N] [--data_dir DIR]
 
 The data: a generated tree of N (default 24) 2048x1024 RGB PNG images with 1024x2048 PNG labels of train ids
@@ -12,15 +12,13 @@ average about 2.2 MB).
 
 The work per sample is configs/encnet_cityscapes.py's training augmentation: decode, rescale the long side to
 2048 x U(0.5, 2.0), pad, 512x1024 crop, flip, with mmseg's cat_max_ratio 0.75 and PhotoMetricDistortion (set
-here when the config leaves them off; the report says which), for:
+here when the config leaves them off; the report says which), computed by
+ctxseg_jax.data.pipeline.train_iterator with data.worker_count = 0 (in process), 1, 2 (worker processes).
 
-  grain   ctxseg_jax.data.pipeline.train_iterator with data.worker_count = 0 (in process), 1, 2 (processes)
-  tfdata  ctxseg_jax.data.tfdata.train_iterator with data.worker_count = 0 (sequential), 1, 2 (parallel calls)
-
-Each (loader, workers) runs in its own subprocess: `--warmup` batches untimed, then `--repeats` timed blocks of
+Each worker count runs in its own subprocess: `--warmup` batches untimed, then `--repeats` timed blocks of
 `--batches` batches; the reported rate is all timed images over all timed wall time, with the slowest and fastest
-block beside it. The warm-up covers pipeline start-up (worker processes, graph tracing) and the start-up burst of
-prefetching threads, and the timed window is long because grain's batches arrive in waves: it computes
+block beside it. The warm-up covers pipeline start-up (worker processes) and the start-up burst of prefetching
+threads, and the timed window is long because grain's batches arrive in waves: it computes
 data.worker_buffer_size batches at once in threads (in the main process with worker_count 0, in each worker
 process otherwise), and on few cores they finish close together, so short blocks see either a wave (a high
 rate) or the gap before the next (a low one). Batches are consumed as numpy arrays and nothing else
@@ -46,7 +44,7 @@ from typing import Any
 import numpy as np
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOADERS = ('grain', 'tfdata')
+LOADER = 'grain'  # the `loader` of every result
 SIZE = (1024, 2048)  # (height, width), Cityscapes
 
 # Colour and rough layout of the scene's classes (Cityscapes train ids).
@@ -179,23 +177,14 @@ def _grain_applies() -> dict[str, bool]:
   return {key: key in names for key in ('cat_max_ratio', 'photometric_distortion')}
 
 
-def run_child(loader: str, workers: int, root: str, batch: int, warmup: int, batches: int,
-              repeats: int) -> dict[str, Any]:
-  """Times one (loader, workers) in this process."""
+def run_child(workers: int, root: str, batch: int, warmup: int, batches: int, repeats: int) -> dict[str, Any]:
+  """Times the grain loader with `workers` worker processes in this process."""
+  from ctxseg_jax.data import datasets, pipeline
   config, set_here = bench_config(root)
   config.data.worker_count = workers
   start = time.perf_counter()
-  extra = {}
-  if loader == 'grain':
-    from ctxseg_jax.data import datasets, pipeline
-    source = datasets.build_source(config.data, 'train')
-    iterator = pipeline.train_iterator(source, config.data, batch, seed=0, process_index=0, process_count=1)
-    extra['augment_applies'] = _grain_applies()
-  else:
-    from ctxseg_jax.data import tfdata
-    import tensorflow as tf
-    iterator = tfdata.train_iterator(config.data, 'train', batch, seed=0, process_index=0, process_count=1)
-    extra['tensorflow'] = tf.__version__
+  source = datasets.build_source(config.data, 'train')
+  iterator = pipeline.train_iterator(source, config.data, batch, seed=0, process_index=0, process_count=1)
   for _ in range(warmup):
     element = next(iterator)
   startup_s = time.perf_counter() - start
@@ -208,23 +197,22 @@ def run_child(loader: str, workers: int, root: str, batch: int, warmup: int, bat
     rates.append(batches * batch / elapsed)
     total += elapsed
   shape = list(element['image'].shape)
-  if hasattr(iterator, 'close'):
-    iterator.close()
-  return {'loader': loader, 'workers': workers, 'images_per_s': repeats * batches * batch / total,
+  pipeline.close(iterator)
+  return {'loader': LOADER, 'workers': workers, 'images_per_s': repeats * batches * batch / total,
           'min_images_per_s': float(np.min(rates)), 'max_images_per_s': float(np.max(rates)), 'rates': rates,
           'startup_s': startup_s, 'batch_shape': shape, 'set_by_bench': set_here,
           'cat_max_ratio': config.data.cat_max_ratio, 'photometric_distortion': config.data.photometric_distortion,
-          **extra}
+          'augment_applies': _grain_applies()}
 
 
-def _spawn(loader: str, workers: int, args: argparse.Namespace, root: str) -> dict[str, Any]:
-  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=_REPO)
-  cmd = [sys.executable, os.path.abspath(__file__), '--child', loader, str(workers), '--data_dir', root,
+def _spawn(workers: int, args: argparse.Namespace, root: str) -> dict[str, Any]:
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=_REPO)
+  cmd = [sys.executable, os.path.abspath(__file__), '--child', str(workers), '--data_dir', root,
          '--batch', str(args.batch), '--warmup', str(args.warmup), '--batches', str(args.batches),
          '--repeats', str(args.repeats)]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
-    raise RuntimeError(f'{loader} with {workers} workers failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
+    raise RuntimeError(f'{LOADER} with {workers} workers failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -247,15 +235,13 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--batches', type=int, default=30, help='batches per timed block')
   parser.add_argument('--repeats', type=int, default=3, help='timed blocks (the rate over all of them is reported)')
   parser.add_argument('--workers', type=int, nargs='+', default=[0, 1, 2], help='data.worker_count values')
-  parser.add_argument('--loaders', nargs='+', choices=LOADERS, default=list(LOADERS))
   parser.add_argument('--data_dir', help='where the tree is (kept); default: a temporary folder, then deleted')
-  parser.add_argument('--child', nargs=2, metavar=('LOADER', 'WORKERS'), help=argparse.SUPPRESS)
+  parser.add_argument('--child', type=int, metavar='WORKERS', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
 
-  if args.child:
+  if args.child is not None:
     sys.path.insert(0, _REPO)
-    result = run_child(args.child[0], int(args.child[1]), args.data_dir, args.batch, args.warmup, args.batches,
-                       args.repeats)
+    result = run_child(args.child, args.data_dir, args.batch, args.warmup, args.batches, args.repeats)
     print(json.dumps(result))
     return
   if not args.out:
@@ -272,11 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     capacity = parallel_capacity()
     print(f'parallel capacity: {capacity}', file=sys.stderr, flush=True)
     results = []
-    for loader in args.loaders:
-      for workers in args.workers:
-        results.append(_spawn(loader, workers, args, root))
-        print(f'{loader} workers={workers}: {results[-1]["images_per_s"]:.2f} images/s', file=sys.stderr,
-              flush=True)
+    for workers in args.workers:
+      results.append(_spawn(workers, args, root))
+      print(f'{LOADER} workers={workers}: {results[-1]["images_per_s"]:.2f} images/s', file=sys.stderr, flush=True)
   finally:
     if not args.data_dir:
       shutil.rmtree(root, ignore_errors=True)

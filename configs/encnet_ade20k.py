@@ -16,8 +16,7 @@ mmseg runs each image at its own size. Padding changes more than the border pixe
 the SE gate pool over every position, padding included, so every prediction sees it. Shape buckets or masked
 pooling belong to full-protocol evaluation (planned); until then lower eval_size as far as `--mode check_data`
 allows.
-Resizing uses PIL's bilinear filter (grain loader), which antialiases when shrinking; mmseg's cv2 does not (the
-tf.data loader, data.loader='tfdata', resizes like cv2).
+Resizing uses PIL's bilinear filter, which antialiases when shrinking; mmseg's cv2 does not.
 
 python -m ctxseg_jax.main --config configs/encnet_ade20k.py --config.data.root=/data/ADEChallengeData2016
 """

@@ -11,8 +11,7 @@ PhotoMetricDistortion, padding with the mean colour; test: keep-ratio resize to 
 identity for Cityscapes images), whole image at 1024x2048.
 
 Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned).
-Resizing uses PIL's bilinear filter (grain loader), which antialiases when shrinking; mmseg's cv2 does not (the
-tf.data loader, data.loader='tfdata', resizes like cv2).
+Resizing uses PIL's bilinear filter, which antialiases when shrinking; mmseg's cv2 does not.
 
 python -m ctxseg_jax.main --config configs/encnet_cityscapes.py --config.data.root=/data/cityscapes
 """

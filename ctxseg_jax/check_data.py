@@ -87,10 +87,6 @@ def check_split(config: ml_collections.ConfigDict, split: str, info) -> list[str
 
 def check_data(config: ml_collections.ConfigDict) -> list[str]:
   """Walks the train and eval splits; prints class frequencies; returns the problems found (empty when clean)."""
-  if config.data.name == 'cityscapes_tfds':
-    return ['--mode check_data reads files: TFDS verifies its own records. To check the unzipped Cityscapes '
-            'files, run it with --config.data.name=cityscapes --config.data.root=<folder with leftImg8bit/ and '
-            'gtFine/>']
   info = datasets.dataset_info(config.data)
   problems: list[str] = []
   for split in dict.fromkeys((config.data.train_split, config.data.eval_split)):

@@ -48,7 +48,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = 'synthetic_context'   # see ctxseg_jax.data.datasets.DATASETS
   c.data.root = ''                    # dataset folder (local or gs://), for datasets read from disk
-  c.data.loader = 'grain'             # 'grain' (Python workers) or 'tfdata' (tf.data graph, needs tensorflow)
   c.data.tfds_data_dir = ''           # data.name='cityscapes_tfds': where TFDS prepares the dataset
                                       # ('' = TFDS default); data.root is its manual_dir (the two zips)
   c.data.train_split = 'train'
@@ -74,10 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_pad_value = (0, 0, 0)  # RGB of padded image areas, before normalisation. PyTorch-Encoding pads raw
                                       # pixels with 0; mmseg pads normalised images with 0, i.e. the mean colour:
                                       # (124, 116, 104), the uint8 nearest to the ImageNet mean
-  c.data.worker_count = 2             # grain: worker processes per host (0: in the main process);
-                                      # tf.data: samples decoded in parallel (0: sequential)
+  c.data.worker_count = 2             # grain worker processes per host (0: in the main process)
   c.data.worker_buffer_size = 2       # batches each worker (or the main process) prepares ahead, one per thread
-                                      # (grain); tf.data: batches prefetched
   # Procedurally generated dataset (data.name = 'synthetic_context'); deterministic from (seed, index).
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.image_size = 96
@@ -126,7 +123,6 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    'data.loader': ('grain', 'tfdata'),
     'eval.miou_convention': ('present', 'all'),
     'eval.mode': inference.MODES,
 }
@@ -195,9 +191,6 @@ def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str]
     value = get(config, key)
     if isinstance(value, (tuple, list)) and not all(isinstance(v, int) for v in value):
       errors.append(f'config.{key}={value!r} must hold integers (pixels)')
-  if config.data.name == 'cityscapes_tfds' and config.data.loader != 'tfdata':
-    errors.append("config.data.name='cityscapes_tfds' is read through TFDS by the tf.data loader: set "
-                  "--config.data.loader=tfdata (or read the unzipped files with --config.data.name=cityscapes)")
   for key in ('data.mean', 'data.std'):
     value = get(config, key)
     if not (isinstance(value, (tuple, list)) and len(value) == 3):

@@ -8,7 +8,7 @@ from etils import epath
 
 from ctxseg_jax import experiment, metrics, parallel, reporting
 from ctxseg_jax.checkpoints import Checkpointer
-from ctxseg_jax.data import loaders, transforms
+from ctxseg_jax.data import datasets, pipeline, transforms
 
 
 class Evaluator:
@@ -17,13 +17,13 @@ class Evaluator:
   def __init__(self, exp: experiment.Experiment):
     self.exp = exp
     config = exp.config
-    self.split = loaders.split(config.data, config.data.eval_split)
+    self.source = datasets.build_source(config.data, config.data.eval_split)
     parallel.per_process_batch_size(config.eval.batch_size, exp.mesh, 'eval.batch_size')
 
   def run(self, variables: dict[str, Any]) -> dict[str, float]:
     """Metrics in percent (see metrics.segmentation_metrics) over the whole eval split."""
     config = self.exp.config
-    batches, _ = loaders.eval_batches(config.data, self.split, config.eval.batch_size)
+    batches, _ = pipeline.eval_batches(self.source, config.data, config.eval.batch_size)
     pixels_per_batch = config.eval.batch_size * int(np.prod(transforms.eval_label_size(config.data)))
     accumulator = metrics.ConfusionAccumulator(self.exp.info.num_classes)
     for host_batch in batches:
@@ -34,7 +34,7 @@ class Evaluator:
   def report(self, step: int, results: dict[str, float], writer: reporting.MetricWriter) -> None:
     """Prints the per-class table and records the eval scalars at `step`."""
     reporting.console(f'Evaluation at step {step} on {self.exp.info.name}/{self.exp.config.data.eval_split} '
-                      f'({self.split.size} images):\n'
+                      f'({len(self.source)} images):\n'
                       + metrics.format_table(results, self.exp.info.class_names, self.exp.config.eval.miou_convention))
     writer.write(step, 'eval', {k: v for k, v in results.items() if not k.startswith('acc/')})
 

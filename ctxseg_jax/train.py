@@ -18,7 +18,7 @@ from etils import epath
 from ctxseg_jax import experiment, optim, parallel, reporting
 from ctxseg_jax.checkpoints import Checkpointer
 from ctxseg_jax.config import ConfigError
-from ctxseg_jax.data import loaders
+from ctxseg_jax.data import datasets, pipeline
 from ctxseg_jax.evaluate import Evaluator
 from ctxseg_jax.progress import ProgressWindow
 
@@ -51,8 +51,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
   exp = experiment.build(config, devices)
   mesh, total_steps = exp.mesh, config.train.steps
   per_process_batch = parallel.per_process_batch_size(config.train.batch_size, mesh, 'train.batch_size')
-  train_split = loaders.split(config.data, config.data.train_split)
-  data_iter = loaders.train_iterator(config.data, train_split, per_process_batch, config.seed)
+  train_source = datasets.build_source(config.data, config.data.train_split)
+  data_iter = pipeline.train_iterator(train_source, config.data, per_process_batch, config.seed)
   evaluator = Evaluator(exp)
   checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
 
@@ -63,7 +63,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
   else:
     start_step, state = 0, exp.init_state()
   writer = reporting.MetricWriter(workdir, resume_step=start_step if start_step else None)
-  reporting.console(f'{config.name}: {exp.info.name} ({train_split.size} train images, '
+  reporting.console(f'{config.name}: {exp.info.name} ({len(train_source)} train images, '
                     f'{exp.info.num_classes} classes), '
                     f'{sum(x.size for x in jax.tree.leaves(state.params)):,} parameters, {mesh.devices.size} '
                     f'device(s) on {jax.process_count()} process(es), global batch {config.train.batch_size}, '
@@ -124,7 +124,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
           checkpointer.save(step, state, data_iter, config, metrics={'miou': results['miou']} if do_eval else None)
           last_saved = step
   finally:
-    loaders.close(data_iter)
+    pipeline.close(data_iter)
     checkpointer.wait()
     checkpointer.close()
     writer.close()
@@ -132,16 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
 
 
 def _check_resumable(checkpointer: Checkpointer, config: ml_collections.ConfigDict) -> None:
-  """The grain iterator's saved state only fits a pipeline with the same number of worker processes (the tf.data
-  iterator's state is a sample count, valid for any)."""
+  """The grain iterator's saved state only fits a pipeline with the same number of worker processes."""
   saved = checkpointer.saved_config(checkpointer.latest_step())
-  saved_loader = saved.get('data', {}).get('loader', 'grain')
-  if saved_loader != config.data.loader:
-    raise ConfigError(f'the checkpoint in {checkpointer.directory} was written with config.data.loader='
-                      f'{saved_loader!r}; resume with --config.data.loader={saved_loader} (the data iterator state '
-                      'belongs to that loader)')
-  if config.data.loader != 'grain':
-    return
   saved_workers = saved.get('data', {}).get('worker_count')
   if saved_workers is not None and saved_workers != config.data.worker_count:
     raise ConfigError(f'the checkpoint in {checkpointer.directory} was written with config.data.worker_count='

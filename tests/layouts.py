@@ -5,10 +5,16 @@ returns with the expected training ids.
 """
 from __future__ import annotations
 
+import io
 import pathlib
+import zipfile
 
 import numpy as np
 from PIL import Image
+
+# cityscapesScripts' labels.py, trainId by raw id 0..33 (255 = ignored): written out, not derived from ours.
+CITYSCAPES_TRAIN_ID = [255] * 7 + [0, 1, 255, 255, 2, 3, 4, 255, 255, 255, 5, 255, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+                                   15, 255, 255, 16, 17, 18]
 
 
 def _image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -45,6 +51,38 @@ def cityscapes(root: pathlib.Path, *, seed: int = 0, size=(16, 32), raw_ids_only
           label_path = root / 'gtFine' / split / city / f'{name}_gtFine_labelTrainIds.png'
         _write(image_path, label_path, _image(rng, *size), raw)
         written[split].append((image_path, label_path, raw))
+  return written
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def cityscapes_zips(manual_dir: pathlib.Path, *, seed: int = 0, size=(24, 32), bad_test_value: int | None = None
+                    ) -> dict:
+  """The two zips TFDS prepares `cityscapes/semantic_segmentation` from, as distributed (leftImg8bit/<split>/<city>/
+  *_leftImg8bit.png and gtFine/<split>/<city>/*_gtFine_labelIds.png, raw ids 0..33 and 255), for 4 train, 2 val
+  and 1 test image; `bad_test_value` is written into the test label's first pixel.
+
+  Returns {split: {image id: (uint8 (H, W, 3) image, uint8 (H, W) raw label ids)}}.
+  """
+  rng, written = np.random.default_rng(seed), {}
+  manual_dir.mkdir(parents=True, exist_ok=True)
+  with zipfile.ZipFile(manual_dir / 'leftImg8bit_trainvaltest.zip', 'w') as images, \
+       zipfile.ZipFile(manual_dir / 'gtFine_trainvaltest.zip', 'w') as labels:
+    for split, cities, count in (('train', ('aachen', 'bonn'), 2), ('val', ('lindau',), 2), ('test', ('berlin',), 1)):
+      written[split] = {}
+      for city in cities:
+        for frame in range(count):
+          image_id = f'{city}_{frame:06d}_000019'
+          image, raw = _image(rng, *size), _label(rng, *size, list(range(34)) + [255])
+          if split == 'test' and bad_test_value is not None:
+            raw[0, 0] = bad_test_value
+          images.writestr(f'leftImg8bit/{split}/{city}/{image_id}_leftImg8bit.png', _png_bytes(image))
+          labels.writestr(f'gtFine/{split}/{city}/{image_id}_gtFine_labelIds.png', _png_bytes(raw))
+          written[split][image_id] = (image, raw)
   return written
 
 

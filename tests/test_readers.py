@@ -17,9 +17,6 @@ from ctxseg_jax.data import pack
 from ctxseg_jax.data.datasets import files
 from tests import layouts
 
-# cityscapesScripts' labels.py, trainId by raw id 0..33 (255 = ignored): written out, not derived from ours.
-CITYSCAPES_TRAIN_ID = [255] * 7 + [0, 1, 255, 255, 2, 3, 4, 255, 255, 255, 5, 255, 6, 7, 8, 9, 10, 11, 12, 13, 14,
-                                   15, 255, 255, 16, 17, 18]
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COCO_UNUSED = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
 
@@ -32,7 +29,7 @@ def _cityscapes_expected(raw, label_path):
   if str(label_path).endswith('_labelTrainIds.png'):
     return raw
   table = np.full(256, 255, np.uint8)
-  table[:34] = CITYSCAPES_TRAIN_ID
+  table[:34] = layouts.CITYSCAPES_TRAIN_ID
   return table[raw]
 
 
@@ -165,7 +162,7 @@ def test_label_maps_reject_what_they_do_not_know():
   assert pc59.lut[0] == 255 and pc59.lut[1] == 0 and pc59.lut[59] == 58 and pc59.lut[255] == 255
   assert not pc59.valid[60] and not pc59.valid[254]
   cityscapes_raw = datasets.cityscapes.raw_label_map()
-  np.testing.assert_array_equal(cityscapes_raw.lut[:34], CITYSCAPES_TRAIN_ID)
+  np.testing.assert_array_equal(cityscapes_raw.lut[:34], layouts.CITYSCAPES_TRAIN_ID)
   assert cityscapes_raw.valid[:34].all() and cityscapes_raw.valid[255] and not cityscapes_raw.valid[34]
   coco_raw = datasets.coco_stuff.raw_label_map()
   assert coco_raw.valid.sum() == 172 and not coco_raw.valid[list(COCO_UNUSED)].any()

@@ -135,21 +135,3 @@ def test_encnet_trains_end_to_end_with_se_loss(tmp_path):
     assert record['loss'] == pytest.approx(record['loss_ce'] + record['loss_aux'] + record['loss_se'], rel=1e-5)
   assert 0 <= results['miou'] <= 100
 
-
-def test_tfdata_loader_trains_and_resumes_exactly(tmp_path, monkeypatch):
-  config = get_config()
-  config.data.loader = 'tfdata'
-  config.data.worker_count = 1  # the tf.data state is a sample count: another count on resume is fine
-  workdir_a = tmp_path / 'a'
-  results_a = train.train(config, workdir_a, devices=jax.devices()[:1])
-  monkeypatch.setattr(train._Preemption, 'reached', lambda self, checkpointer, step: step == 4)
-  assert train.train(config, tmp_path / 'b', devices=jax.devices()[:1]) == {}
-  monkeypatch.undo()
-  config.data.worker_count = 0
-  results_b = train.train(config, tmp_path / 'b', devices=jax.devices()[:1])
-  for a, b in zip(_leaves(_restore_final(config, workdir_a)[1]), _leaves(_restore_final(config, tmp_path / 'b')[1])):
-    np.testing.assert_array_equal(a, b)
-  assert results_a['miou'] == results_b['miou']
-  config.data.loader = 'grain'
-  with pytest.raises(Exception, match="loader='tfdata'"):
-    train.train(config, tmp_path / 'b', devices=jax.devices()[:1])

@@ -24,7 +24,6 @@ from PIL import Image
 
 from ctxseg_jax.data import datasets
 from ctxseg_jax.data import export
-from ctxseg_jax.data.datasets import files
 from ctxseg_jax.data.datasets import folder
 from ctxseg_jax.data.datasets import packed
 
@@ -33,9 +32,10 @@ _JPEG_MAGIC, _PNG_MAGIC = b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n'
 
 
 def _encoded_image(source: datasets.SegmentationSource, index: int, image) -> bytes:
-  """The source file's bytes when it is a JPEG or PNG file of an RGB image; otherwise a PNG of `image`."""
-  if isinstance(source, files.FilePairSource):
-    data = epath.Path(source.pairs[index].image).read_bytes()
+  """The image's stored bytes when the source keeps them (`encoded_image`) and they are JPEG or PNG; otherwise a
+  PNG of `image` (uint8 (H, W, 3))."""
+  if hasattr(source, 'encoded_image'):
+    data = source.encoded_image(index)
     if data.startswith((_JPEG_MAGIC, _PNG_MAGIC)):
       return data
   return export.png_bytes(Image.fromarray(image))

@@ -11,6 +11,7 @@ import ml_collections
 from ctxseg_jax.data.datasets import ade20k
 from ctxseg_jax.data.datasets import camvid
 from ctxseg_jax.data.datasets import cityscapes
+from ctxseg_jax.data.datasets import cityscapes_tfds
 from ctxseg_jax.data.datasets import coco_stuff
 from ctxseg_jax.data.datasets import files
 from ctxseg_jax.data.datasets import folder
@@ -46,11 +47,6 @@ def _folder_root(data_config: ml_collections.ConfigDict) -> str:
   return data_config.root
 
 
-def _tfds_only(data_config: ml_collections.ConfigDict, split: str) -> SegmentationSource:
-  raise DataError('data.name=cityscapes_tfds is read through TFDS by the tf.data loader: set '
-                  '--config.data.loader=tfdata, or read the unzipped files with --config.data.name=cityscapes')
-
-
 DATASETS: dict[str, DatasetEntry] = {
     'synthetic_context': DatasetEntry(info=lambda data_config: SYNTHETIC_CONTEXT_INFO, build=_synthetic_source),
     'folder': DatasetEntry(info=lambda data_config: folder_info(_folder_root(data_config)),
@@ -63,7 +59,8 @@ DATASETS: dict[str, DatasetEntry] = {
                                       build=pascal_context.build_source_60),
     'ade20k': DatasetEntry(info=lambda data_config: ade20k.ADE20K_INFO, build=ade20k.build_source),
     'cityscapes': DatasetEntry(info=lambda data_config: cityscapes.CITYSCAPES_INFO, build=cityscapes.build_source),
-    'cityscapes_tfds': DatasetEntry(info=lambda data_config: cityscapes.CITYSCAPES_INFO, build=_tfds_only),
+    'cityscapes_tfds': DatasetEntry(info=lambda data_config: cityscapes.CITYSCAPES_INFO,
+                                    build=cityscapes_tfds.CityscapesTfdsSource),
     'coco_stuff164k': DatasetEntry(info=lambda data_config: coco_stuff.COCO_STUFF_164K_INFO,
                                    build=coco_stuff.build_source_164k),
     'coco_stuff10k': DatasetEntry(info=lambda data_config: coco_stuff.COCO_STUFF_10K_INFO,
@@ -105,6 +102,6 @@ def build_source(data_config: ml_collections.ConfigDict, split: str, *, strict: 
 __all__ = [
     'DATASETS', 'DataError', 'DatasetEntry', 'DatasetInfo', 'FolderSource', 'SYNTHETIC_CONTEXT_INFO',
     'SegmentationSource', 'SyntheticContextSource', 'ade20k', 'build_source', 'camvid', 'check_sample',
-    'cityscapes', 'coco_stuff', 'dataset_info', 'files', 'folder', 'folder_info', 'packed', 'pascal_context',
-    'synthetic_context',
+    'cityscapes', 'cityscapes_tfds', 'coco_stuff', 'dataset_info', 'files', 'folder', 'folder_info', 'packed',
+    'pascal_context', 'synthetic_context',
 ]

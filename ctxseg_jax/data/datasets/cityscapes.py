@@ -46,7 +46,7 @@ LAYOUT = """\
   (2975 train / 500 val images, 2048x1024)"""
 PREPARE = """\
 Prepare it: download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from cityscapes-dataset.com and
-unzip both into data.root. (TFDS users: data.name=cityscapes_tfds with data.loader=tfdata reads the zips.)"""
+unzip both into data.root. (Or leave them zipped: data.name=cityscapes_tfds has TFDS prepare them once.)"""
 
 _SPLITS = {'train': 'train', 'val': 'val', 'test': 'test'}
 

@@ -2,8 +2,7 @@
 
 Every on-disk layout (PASCAL-Context, ADE20K, Cityscapes, COCO-Stuff, CamVid, the generic folder) reduces to a
 list of `Pair`s, each an image file, its label file and the name of the `LabelMap` that turns the label's raw
-values into training ids. `FilePairSource` decodes, checks and maps one pair per `__getitem__`; the tf.data
-loader reads the same pairs and lookup tables in graph mode.
+values into training ids. `FilePairSource` decodes, checks and maps one pair per `__getitem__`.
 
 Listing collects every problem (an image without its label, a label without its image) instead of stopping at
 the first: `--mode check_data` reports them all, and training refuses to start while there are any.
@@ -102,12 +101,14 @@ def decode(path: str) -> Image.Image:
                                   'together with its image/label partner')
 
 
+def rgb_array(image: Image.Image) -> np.ndarray:
+  """uint8 (H, W, 3) RGB pixels of a decoded image of any mode."""
+  return np.asarray(image if image.mode == 'RGB' else image.convert('RGB'), dtype=np.uint8)
+
+
 def image_array(path: str) -> np.ndarray:
   """uint8 (H, W, 3) RGB pixels of an image file."""
-  image = decode(path)
-  if image.mode != 'RGB':
-    image = image.convert('RGB')
-  return np.asarray(image, dtype=np.uint8)
+  return rgb_array(decode(path))
 
 
 def label_values(label: Image.Image, where: str) -> np.ndarray:
@@ -213,6 +214,10 @@ class FilePairSource:
 
   def sample_name(self, index: int) -> str:
     return self.pairs[int(index)].image
+
+  def encoded_image(self, index: int) -> bytes:
+    """The image file's bytes as stored (for packing without re-encoding)."""
+    return epath.Path(self.pairs[int(index)].image).read_bytes()
 
   def label_path(self, index: int) -> str:
     return self.pairs[int(index)].label

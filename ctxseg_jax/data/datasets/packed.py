@@ -136,7 +136,7 @@ class PackedSource:
     fields = self.record(index)
     where = f'{self.root}/{self.split}[{index}] ({fields["name"]})'
     image = files.decode_bytes(fields['image'], f'{where} image', 're-pack the dataset')
-    image = np.asarray(image if image.mode == 'RGB' else image.convert('RGB'), np.uint8)
+    image = files.rgb_array(image)
     label = np.asarray(files.decode_bytes(fields['label'], f'{where} label', 're-pack the dataset'), np.uint8)
     if image.shape[:2] != label.shape or label.shape != (fields['height'], fields['width']):
       raise base.DataError(f'{where}: image {image.shape[:2]}, label {label.shape} and recorded size '

@@ -179,7 +179,10 @@ def _grain_applies() -> dict[str, bool]:
 
 def run_child(workers: int, root: str, batch: int, warmup: int, batches: int, repeats: int) -> dict[str, Any]:
   """Times the grain loader with `workers` worker processes in this process."""
+  from absl import flags
+
   from ctxseg_jax.data import datasets, pipeline
+  flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags; this script parses its own arguments
   config, set_here = bench_config(root)
   config.data.worker_count = workers
   start = time.perf_counter()

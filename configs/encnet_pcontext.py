@@ -2,7 +2,8 @@
 
 Target: PyTorch-Encoding model zoo EncNet_ResNet101s_PContext, mIoU 54.1 / pixAcc 80.7 (59 classes, mean over all
 classes, multi-scale + flip sliding-window evaluation: scales 0.5-1.75, crop 480). Single-scale evaluation, as
-here, is expected a few points lower; the paper's 51.7 uses another class convention (prior-art.md).
+here, is expected a few points lower. The paper's 51.7 (quoted in mmseg's EncNet README) may use another class
+convention: PASCAL-Context numbers differ by about 6 points between 59 and 60 classes.
 
 Protocol (train.py --dataset pcontext --model encnet --aux --se-loss --backbone resnet101s): 4 GPUs x 4 images,
 SyncBN, 80 epochs, SGD lr 0.001 per 16 images (x10 for head and auxiliary head), momentum 0.9, wd 1e-4, poly 0.9

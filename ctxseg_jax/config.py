@@ -152,7 +152,7 @@ def _pair(config, key: str, errors: list[str], *, positive: bool = True) -> None
 def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str] = ()) -> None:
   """Checks every value; raises ConfigError listing each bad key, its value and what is valid."""
   errors: list[str] = models.problems(config.model)
-  errors += losses.problems(config.loss, models.head_outputs(config.model, train=True) if not errors else [])
+  errors += losses.problems(config.loss, None if errors else models.head_outputs(config.model, train=True))
   errors += _lr_mult_problems(config.optim.lr_mults)
   choices_by_key = dict(_CHOICES)
   if known_datasets:

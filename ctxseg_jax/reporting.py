@@ -33,13 +33,22 @@ class MetricWriter:
 
   On resume, `resume_step` drops the records after that step (they belong to steps that will run again), so
   the file reads as one uninterrupted run; TensorBoard purges those events the same way.
+
+  Object stores (gs://) cannot append: there (`rewrite`, by default for any scheme://) the file is rewritten with
+  the new records at most every `rewrite_every_s` seconds, on every eval record, and on close, not on every train
+  record.
   """
 
-  def __init__(self, workdir: str | epath.Path, *, resume_step: int | None = None):
+  def __init__(self, workdir: str | epath.Path, *, resume_step: int | None = None, rewrite: bool | None = None,
+               rewrite_every_s: float = 60.0):
     self._enabled = jax.process_index() == 0
     self._path = epath.Path(workdir) / METRICS_FILE
     self._tensorboard = {}
     self._workdir = epath.Path(workdir)
+    self._rewrite = '://' in str(workdir) if rewrite is None else rewrite
+    self._rewrite_every_s = rewrite_every_s
+    self._unwritten: list[str] = []
+    self._last_flush = time.monotonic()
     self._purge_step = None if resume_step is None else resume_step + 1  # TensorBoard hides steps >= this
     if self._enabled and resume_step is not None and self._path.exists():
       kept = [r for r in read_metrics(workdir) if r['step'] <= resume_step]
@@ -49,22 +58,28 @@ class MetricWriter:
     if not self._enabled:
       return
     record = {'step': int(step), 'split': split, **{k: _json_number(v) for k, v in scalars.items()}}
-    self._append(json.dumps(record) + '\n')
+    self._unwritten.append(json.dumps(record) + '\n')
+    if not self._rewrite or split != 'train' or time.monotonic() - self._last_flush >= self._rewrite_every_s:
+      self._flush()
     writer = self._tensorboard_writer(split)
     for name, value in scalars.items():
       if math.isfinite(float(value)):  # a class absent from the split has no IoU: a gap in the curve, not a NaN
         writer.add_scalar(name, float(value), global_step=int(step), walltime=time.time())
     writer.flush()
 
-  def _append(self, line: str) -> None:
-    if str(self._path).startswith('gs://'):
-      # Object stores cannot append: rewrite the (small) file.
+  def _flush(self) -> None:
+    """Writes the records not yet in metrics.jsonl."""
+    if not self._unwritten:
+      return
+    lines = ''.join(self._unwritten)
+    if self._rewrite:
       previous = self._path.read_text() if self._path.exists() else ''
-      self._path.write_text(previous + line)
+      self._path.write_text(previous + lines)
     else:
       self._path.parent.mkdir(parents=True, exist_ok=True)
       with self._path.open('a') as f:
-        f.write(line)
+        f.write(lines)
+    self._unwritten, self._last_flush = [], time.monotonic()
 
   def _tensorboard_writer(self, split: str):
     if split not in self._tensorboard:
@@ -74,6 +89,8 @@ class MetricWriter:
     return self._tensorboard[split]
 
   def close(self) -> None:
+    if self._enabled:
+      self._flush()
     for writer in self._tensorboard.values():
       writer.close()
     self._tensorboard = {}

@@ -69,10 +69,10 @@ def eval_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
   """The (K, K) int32 confusion matrix of one global batch.
 
   The batch is {'image': uint8 (B, H, W, 3), 'label': uint8 (B, Lh, Lw), 'image_size': int (B, 2),
-  'label_size': int (B, 2)}. Logits are scored at each image's original resolution
+  'original_size': int (B, 2)}. Logits are scored at each image's original resolution
   (inference.logits_at_original_size), as mmseg, HRNet and PyTorch-Encoding do.
   """
   logits = inference.predict_logits(variables, batch['image'], model=model, config=config)
-  logits = inference.logits_at_original_size(logits, batch['image_size'], batch['label_size'],
+  logits = inference.logits_at_original_size(logits, batch['image_size'], batch['original_size'],
                                              batch['label'].shape[1:3], config)
   return metrics.confusion_matrix(jnp.argmax(logits, axis=-1), batch['label'], num_classes, ignore_index)

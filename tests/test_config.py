@@ -9,9 +9,6 @@ from ctxseg_jax import experiment
 from tests.shipped_configs import CONFIGS, ROOT, load
 
 
-
-
-
 @pytest.mark.parametrize('path', CONFIGS)
 def test_shipped_configs_validate(path):
   config = load(path)
@@ -19,24 +16,48 @@ def test_shipped_configs_validate(path):
   assert config.name == os.path.splitext(os.path.basename(path))[0]
 
 
-def test_demo_pair_differs_only_in_the_model():
+def test_demo_pair_differs_only_in_the_decode_head_and_the_se_loss():
   encnet, fcn = load('configs/demo.py'), load('configs/demo_fcn.py')
-  assert (encnet.model.name, fcn.model.name) == ('encnet', 'fcn')
+  assert (encnet.model.heads.decode_head.type, fcn.model.heads.decode_head.type) == ('enc', 'fcn')
+  assert set(encnet.loss.terms) - set(fcn.loss.terms) == {'se'}
   for config in (encnet, fcn):
     with config.unlocked():
       config.name = 'demo'
-      del config['model']
+      del config.model.heads['decode_head']
+  with encnet.unlocked():
+    del encnet.loss.terms['se']
   assert encnet.to_dict() == fcn.to_dict()
 
 
 def test_paper_configs_pair_encnet_with_its_fcn_baseline():
   for dataset in ('pcontext', 'ade20k', 'cityscapes'):
     encnet, fcn = load(f'configs/encnet_{dataset}.py'), load(f'configs/fcn_{dataset}.py')
-    assert (encnet.model.name, fcn.model.name) == ('encnet', 'fcn')
+    assert (encnet.model.heads.decode_head.type, fcn.model.heads.decode_head.type) == ('enc', 'fcn')
     assert encnet.model.backbone == fcn.model.backbone
+    assert encnet.model.heads.aux_head == fcn.model.heads.aux_head
     for section in ('data', 'optim', 'train', 'eval'):
       assert encnet[section].to_dict() == fcn[section].to_dict(), (dataset, section)
-    assert encnet.loss.aux_weight == fcn.loss.aux_weight and encnet.loss.ce_reduction == fcn.loss.ce_reduction
+    assert encnet.loss.terms.ce == fcn.loss.terms.ce and encnet.loss.terms.aux == fcn.loss.terms.aux
+    assert set(encnet.loss.terms) == {'ce', 'aux', 'se'} and set(fcn.loss.terms) == {'ce', 'aux'}
+    shared = ('channels', 'dropout', 'dropout_mode')
+    assert ({k: encnet.model.heads.decode_head[k] for k in shared}
+            == {k: fcn.model.heads.decode_head[k] for k in shared})
+
+
+def test_inference_head_reading_a_training_only_output_is_refused():
+  config = config_lib.base_config()
+  config.model.heads.decode_head.reads_outputs = ('aux_logits',)
+  with pytest.raises(config_lib.ConfigError, match='runs at inference but reads \'aux_logits\', a training-only output'):
+    experiment.validate_config(config)
+
+
+def test_unknown_setting_in_a_component_config_is_named():
+  config = config_lib.base_config()
+  with config.model.heads.decode_head.unlocked():
+    config.model.heads.decode_head.chanels = 3
+  with pytest.raises(config_lib.ConfigError, match="decode_head.chanels is not a setting of head 'fcn'.*did you "
+                                                   "mean 'channels'"):
+    experiment.validate_config(config)
 
 
 def test_typo_in_config_file_names_the_key():
@@ -47,7 +68,19 @@ def test_typo_in_config_file_names_the_key():
 
 @pytest.mark.parametrize('key, value, fragment', [
     ('model.backbone.stem', 'v1d', "config.model.backbone.stem='v1d' is not valid"),
-    ('loss.ce_reduction', 'mean', "choose one of ['valid', 'all']"),
+    ('loss.terms.ce.reduction', 'mean', "config.loss.terms.ce.reduction='mean' is not valid; choose one of "
+                                        "['valid', 'all']"),
+    ('loss.terms.aux.output', 'aux', "config.loss.terms.aux.output='aux' is not an output of the model"),
+    ('loss.terms.aux.weight', -1.0, 'config.loss.terms.aux.weight=-1.0 must be >= 0'),
+    ('model.heads.decode_head.dropout', 1.0, 'config.model.heads.decode_head.dropout=1.0 must be in [0, 1)'),
+    ('model.heads.decode_head.reads', (4,), "reads=(4,): backbone 'resnet' has stages 0..3"),
+    ('model.heads.decode_head.dropout_mode', 'spatial', "dropout_mode='spatial' is not valid"),
+    ('model.heads.decode_head.train_only', True, 'no inference head publishes "logits"'),
+    ('model.heads.aux_head.reads_outputs', ('se_logits',), "reads_outputs names 'se_logits', which no"),
+    ('model.heads.aux_head.outputs', ('logits',), "'logits' is already published by another head"),
+    ('model.backbone.depth', 102, "config.model.backbone.depth=102 is not valid; choose one of [18, 34, 50, 101, 152]"),
+    ('optim.lr_mults', (('(', 10.0),), "config.optim.lr_mults pattern '(' is not a valid regex"),
+    ('optim.lr_mults', ((10.0, 'x'),), 'must be (regex, multiplier >= 0)'),
     ('train.steps', 0, 'config.train.steps=0 must be > 0'),
     ('data.crop_size', (64,), 'config.data.crop_size=(64,) must be a pair'),
     ('model.dtype', 'float16', "did you mean 'bfloat16'"),

@@ -62,7 +62,8 @@ def _numpy_bn(x: np.ndarray, axes: tuple[int, ...], channel_axis: int, scale, bi
 
 
 def _numpy_enc_module(x: np.ndarray, p: dict) -> tuple[np.ndarray, np.ndarray]:
-  """numerics.md A.1-A.2 written out in float64 on an NHWC input (train-mode BatchNorm)."""
+  """The Encoding layer and EncModule of mmseg / PyTorch-Encoding written out in float64 on an NHWC input
+  (train-mode BatchNorm)."""
   b, h, w, c = x.shape
   relu = lambda v: np.maximum(v, 0)  # noqa: E731
   proj = np.einsum('bhwi,io->bhwo', x, p['encoding_project']['conv']['kernel'][0, 0])

@@ -1,11 +1,10 @@
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from ctxseg_jax.losses import segmentation_loss
+from ctxseg_jax.losses import TERMS, loss_config, make_loss
 from ctxseg_jax.losses.cross_entropy import pixel_cross_entropy
 from ctxseg_jax.losses.se_loss import class_presence, se_loss
 
@@ -44,15 +43,17 @@ def test_segmentation_loss_weights_aux_and_resizes_to_labels():
   labels = jnp.asarray(rng.integers(0, 3, size=(2, 8, 8)))
   logits = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)  # already at label size: resize is identity
   aux = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
-  config = ml_collections.ConfigDict({'ce_reduction': 'valid', 'aux_weight': 0.4})
-  total, terms = segmentation_loss({'logits': logits, 'aux_logits': aux}, labels, config, IGNORE)
+  config = loss_config(ce=TERMS.config('cross_entropy'),
+                       aux=TERMS.config('cross_entropy', output='aux_logits', weight=0.4))
+  loss_fn = make_loss(config, ignore_index=IGNORE)
+  total, terms = loss_fn({'logits': logits, 'aux_logits': aux}, {'label': labels}, 0, jax.random.key(0))
   main = pixel_cross_entropy(logits, labels, IGNORE)
   np.testing.assert_allclose(float(terms['loss_ce']), float(main), rtol=1e-6)
   np.testing.assert_allclose(float(terms['loss_aux']), 0.4 * float(pixel_cross_entropy(aux, labels, IGNORE)),
                              rtol=1e-6)
   np.testing.assert_allclose(float(total), float(terms['loss_ce'] + terms['loss_aux']), rtol=1e-6)
   small = jnp.asarray(rng.normal(size=(2, 2, 2, 3)), jnp.float32)  # stride-4 logits are upsampled to 8x8
-  total_small, _ = segmentation_loss({'logits': small}, labels, config, IGNORE)
+  total_small, _ = loss_fn({'logits': small, 'aux_logits': small}, {'label': labels}, 0, jax.random.key(0))
   assert np.isfinite(float(total_small))
 
 
@@ -104,11 +105,55 @@ def test_segmentation_loss_adds_weighted_se_term_only_when_asked():
   labels = jnp.asarray(rng.integers(0, 3, size=(2, 8, 8)))
   logits = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
   se_logits = jnp.asarray(rng.normal(size=(2, 3)), jnp.float32)
-  config = ml_collections.ConfigDict({'ce_reduction': 'valid', 'aux_weight': 0.4, 'se_weight': 0.2})
-  total, terms = segmentation_loss({'logits': logits, 'se_logits': se_logits}, labels, config, IGNORE)
+  config = loss_config(ce=TERMS.config('cross_entropy'), se=TERMS.config('se', output='se_logits', weight=0.2))
+  outputs, batch = {'logits': logits, 'se_logits': se_logits}, {'label': labels}
+  total, terms = make_loss(config, ignore_index=IGNORE)(outputs, batch, 0, jax.random.key(0))
   assert set(terms) == {'loss_ce', 'loss_se'}
   np.testing.assert_allclose(float(terms['loss_se']), 0.2 * float(se_loss(se_logits, labels, IGNORE)), rtol=1e-6)
   np.testing.assert_allclose(float(total), float(terms['loss_ce'] + terms['loss_se']), rtol=1e-6)
-  config.se_weight = 0.0
-  _, terms = segmentation_loss({'logits': logits, 'se_logits': se_logits}, labels, config, IGNORE)
+  config.terms.se.weight = 0.0
+  _, terms = make_loss(config, ignore_index=IGNORE)(outputs, batch, 0, jax.random.key(0))
   assert set(terms) == {'loss_ce'}
+
+
+def test_a_term_weight_starts_at_its_start_step():
+  rng = np.random.default_rng(5)
+  labels = jnp.asarray(rng.integers(0, 3, size=(2, 8, 8)))
+  outputs = {'logits': jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32),
+             'aux_logits': jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)}
+  config = loss_config(ce=TERMS.config('cross_entropy'),
+                       aux=TERMS.config('cross_entropy', output='aux_logits', weight=0.5, start_step=10))
+  loss_fn = jax.jit(make_loss(config, ignore_index=IGNORE))
+  aux_ce = float(pixel_cross_entropy(outputs['aux_logits'], labels, IGNORE))
+  for step, weight in ((0, 0.0), (9, 0.0), (10, 0.5), (11, 0.5)):
+    total, terms = loss_fn(outputs, {'label': labels}, jnp.int32(step), jax.random.key(0))
+    np.testing.assert_allclose(float(terms['loss_aux']), weight * aux_ce, rtol=1e-6)
+    np.testing.assert_allclose(float(total), float(terms['loss_ce']) + weight * aux_ce, rtol=1e-6)
+
+
+def _direct_weighted_ce(logits, labels, weight, reduction):
+  """PyTorch CrossEntropyLoss(weight=w, ignore_index) for 'valid'; mmseg class_weight with mean over all pixels
+  for 'all'; written per pixel."""
+  total, weights = 0.0, 0.0
+  for idx in np.ndindex(labels.shape):
+    if labels[idx] == IGNORE:
+      continue
+    w = weight[labels[idx]]
+    total += w * (logsumexp(logits[idx]) - logits[idx][labels[idx]])
+    weights += w
+  return total / (weights if reduction == 'valid' else labels.size)
+
+
+@pytest.mark.parametrize('reduction', ['valid', 'all'])
+def test_class_weights_match_the_references(reduction):
+  rng = np.random.default_rng(6)
+  logits = rng.normal(size=(2, 5, 6, 4)) * 3
+  labels = rng.integers(0, 4, size=(2, 5, 6))
+  labels[rng.random(labels.shape) < 0.3] = IGNORE
+  weight = (0.5, 2.0, 1.0, 3.0)
+  got = pixel_cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), IGNORE, reduction, weight)
+  np.testing.assert_allclose(float(got), _direct_weighted_ce(logits, labels, weight, reduction), rtol=1e-5)
+  config = loss_config(ce=TERMS.config('cross_entropy', reduction=reduction, class_weight=weight))
+  total, _ = make_loss(config, ignore_index=IGNORE)({'logits': jnp.asarray(logits, jnp.float32)},
+                                                     {'label': jnp.asarray(labels)}, 0, jax.random.key(0))
+  np.testing.assert_allclose(float(total), float(got), rtol=1e-6)

@@ -9,7 +9,7 @@ from ctxseg_jax import optim
 
 def _config(**overrides):
   values = dict(lr=0.01, momentum=0.9, weight_decay=5e-4, poly_power=0.9, end_lr=0.0, warmup_steps=0,
-                warmup_ratio=0.1, head_lr_mult=10.0)
+                warmup_ratio=0.1, lr_mults=(('^(?!backbone/)', 10.0),))
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 
@@ -46,13 +46,28 @@ def test_sgd_matches_pytorch_semantics_with_head_multiplier():
     for k in ref:
       g = np.asarray(grads[k]['w'], np.float64) + config.weight_decay * ref[k]
       buf[k] = config.momentum * buf[k] + g
-      mult = 1.0 if k == 'backbone' else config.head_lr_mult
+      mult = 1.0 if k == 'backbone' else 10.0
       ref[k] = ref[k] - mult * float(schedule(t)) * buf[k]
   for k in ref:
     np.testing.assert_allclose(np.asarray(params[k]['w']), ref[k], rtol=1e-5)
 
 
-def test_param_groups():
-  tree = {'backbone': {'a': 1}, 'decode_head': {'b': 2}, 'aux_head': {'c': 3}}
-  groups = jax.tree_util.tree_map_with_path(lambda p, _: optim.param_group(p), tree)
-  assert groups == {'backbone': {'a': 'backbone'}, 'decode_head': {'b': 'head'}, 'aux_head': {'c': 'head'}}
+def test_lr_multipliers_follow_the_first_matching_pattern():
+  tree = {'backbone': {'a': 1}, 'decode_head': {'cls': {'b': 2}, 'ocr': {'c': 3}}, 'aux_head': {'d': 4}}
+  paths = jax.tree_util.tree_map_with_path(lambda p, _: optim.param_path(p), tree)
+  assert paths['decode_head']['cls'] == {'b': 'decode_head/cls/b'}
+  heads_at_10 = (('^(?!backbone/)', 10.0),)
+  mults = jax.tree.map(lambda path: optim.lr_multiplier(path, heads_at_10), paths)
+  assert mults == {'backbone': {'a': 1.0}, 'decode_head': {'cls': {'b': 10.0}, 'ocr': {'c': 10.0}},
+                   'aux_head': {'d': 10.0}}
+  # HRNet-OCR: parameters whose names hold cls, aux or ocr at 10x; the first match wins.
+  hrnet_ocr = (('ocr', 2.0), ('cls|aux|ocr', 10.0))
+  mults = jax.tree.map(lambda path: optim.lr_multiplier(path, hrnet_ocr), paths)
+  assert mults == {'backbone': {'a': 1.0}, 'decode_head': {'cls': {'b': 10.0}, 'ocr': {'c': 2.0}},
+                   'aux_head': {'d': 10.0}}
+
+
+def test_parameters_of_one_multiplier_share_a_group():
+  params = {'backbone': {'w': jnp.ones(2)}, 'decode_head': {'w': jnp.ones(1)}, 'aux_head': {'w': jnp.ones(1)}}
+  state = optim.make_optimizer(_config(), total_steps=10).init(params)
+  assert set(state.inner_states) == {'lr_x1.0', 'lr_x10.0'}

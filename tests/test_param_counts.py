@@ -1,7 +1,7 @@
 """Every shipped config has the parameter count of the PyTorch model it reproduces.
 
-The expected counts are written here from the reference architectures' layer lists (numerics.md A.2-A.5, the
-mmseg and PyTorch-Encoding module definitions), as PyTorch counts trainable parameters: conv and linear weights and
+The expected counts are written here from the reference architectures' layer lists (the mmseg and
+PyTorch-Encoding module definitions), as PyTorch counts trainable parameters: conv and linear weights and
 biases, BatchNorm weight and bias (running statistics are buffers, not parameters). They do not read this
 library's model code; the model's count comes from `--mode summary`'s abstract initialisation.
 """
@@ -92,7 +92,7 @@ def pte_fcn_head(cin: int, num_classes: int) -> int:
 
 def enc_head(stages: tuple[int, ...], num_classes: int, channels: int = 512, num_codes: int = 32,
              lateral: bool = False, se: bool = True) -> int:
-  """mmseg EncHead / PyTorch-Encoding EncHead (numerics.md A.2, A.3)."""
+  """mmseg EncHead / PyTorch-Encoding EncHead: bottleneck, optional laterals + fusion, EncModule, classifier."""
   c2, c3, c4 = stages[1:]
   total = conv_module(c4, channels, 3)  # bottleneck (PTE conv5)
   if lateral:  # lateral_convs (PTE connect) and fusion

@@ -1,16 +1,16 @@
 """The training system end to end, in process: sharding invariance, exact resume, non-finite stop, eval."""
-import functools
 import re
 
 import jax
 import numpy as np
 import pytest
 
-from ctxseg_jax import experiment, parallel, reporting, steps, train
+from ctxseg_jax import experiment, parallel, reporting, train
 from ctxseg_jax.checkpoints import Checkpointer
 from ctxseg_jax.data import datasets, pipeline
 from ctxseg_jax.evaluate import evaluate
-from tests.tiny_config import get_config
+from ctxseg_jax.progress import NonFiniteLossError
+from tests.tiny_config import get_config, use_encnet
 
 
 def _leaves(tree):
@@ -21,11 +21,7 @@ def _one_step(config, devices):
   exp = experiment.build(config, devices)
   source = datasets.build_source(config.data, 'train')
   host_batch = next(pipeline.train_iterator(source, config.data, config.train.batch_size, config.seed))
-  step = jax.jit(functools.partial(steps.train_step, model=exp.model, optimizer=exp.optimizer, config=config,
-                                   ignore_index=exp.info.ignore_index),
-                 in_shardings=(parallel.replicated(exp.mesh), parallel.batch_sharded(exp.mesh)),
-                 out_shardings=(parallel.replicated(exp.mesh), parallel.replicated(exp.mesh)))
-  state, metrics = step(exp.init_state(), parallel.to_global(host_batch, exp.mesh))
+  state, metrics = exp.train_step(exp.init_state(), parallel.to_global(host_batch, exp.mesh))
   return state, jax.device_get(metrics)
 
 
@@ -99,7 +95,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   config.optim.lr = 1e30
   config.train.checkpoint_every = 1
   config.train.log_every = 1
-  with pytest.raises(train.NonFiniteLossError, match=r'non-finite loss at step (\d+)') as error:
+  with pytest.raises(NonFiniteLossError, match=r'non-finite loss at step (\d+)') as error:
     train.train(config, tmp_path, devices=jax.devices()[:1])
   bad_step = int(re.search(r'step (\d+)', str(error.value)).group(1))
   checkpointer = Checkpointer(tmp_path, create=False)
@@ -121,9 +117,7 @@ def test_resume_with_another_worker_count_is_refused(uninterrupted, tmp_path):
 
 
 def test_encnet_trains_end_to_end_with_se_loss(tmp_path):
-  config = get_config()
-  config.model.name = 'encnet'
-  config.model.encnet.num_codes = 8
+  config = use_encnet(get_config())
   config.train.steps = 4
   config.train.checkpoint_every = 4
   results = train.train(config, tmp_path, devices=jax.devices()[:1])

@@ -11,7 +11,6 @@ from ctxseg_jax import config as config_lib
 from ctxseg_jax import experiment, metrics, parallel, steps
 from ctxseg_jax.checkpoints import Checkpointer
 from ctxseg_jax.data import datasets, pipeline, transforms
-from ctxseg_jax.evaluate import Evaluator
 from ctxseg_jax.models.layers.resize import resize_bilinear, resize_bilinear_regions
 from tests import layouts
 from tests.tiny_config import get_config
@@ -89,7 +88,7 @@ def test_eval_preprocess_resizes_the_image_and_keeps_the_label():
   out = transforms.EvalPreprocess(eval_size=(52, 52), label_size=(32, 48), eval_scale=(52, 52),
                                   image_pad_value=7).map(sample)
   assert out['image'].shape == (52, 52, 3) and out['label'].shape == (32, 48)
-  assert out['image_size'].tolist() == [39, 52] and out['label_size'].tolist() == [30, 40]
+  assert out['image_size'].tolist() == [39, 52] and out['original_size'].tolist() == [30, 40]
   assert (out['image'][39:] == 7).all()
   np.testing.assert_array_equal(out['label'][:30, :40], sample['label'])
   assert (out['label'][30:] == 255).all() and (out['label'][:, 40:] == 255).all()
@@ -119,14 +118,13 @@ def test_eval_with_resize_scores_every_original_pixel_once():
   config.data.eval_label_size = (32, 32)   # ... and scored at 32x32
   exp = experiment.build(config)
   state = exp.init_state()
-  evaluator = Evaluator(exp)
   batches, _ = pipeline.eval_batches(datasets.build_source(config.data, 'val'), config.data, 8)
   batches = list(batches)
   assert all(batch['image'].shape == (8, 48, 48, 3) and batch['label'].shape == (8, 32, 32) for batch in batches)
   accumulator = metrics.ConfusionAccumulator(exp.info.num_classes)
   for batch in batches:
-    accumulator.add(evaluator._step({'params': state.params, 'batch_stats': state.batch_stats},
-                                    parallel.to_global(batch, exp.mesh)), 8 * 32 * 32)
+    accumulator.add(exp.eval_step({'params': state.params, 'batch_stats': state.batch_stats},
+                                  parallel.to_global(batch, exp.mesh)), 8 * 32 * 32)
   assert int(accumulator.result().sum()) == sum(int((batch['label'] != 255).sum()) for batch in batches)
 
 

@@ -37,8 +37,10 @@ class PaddedEvalSource:
     if index < len(self.source):
       return self.source[index]
     sample = self.source[0]
-    return {'image': np.zeros_like(sample['image']), 'label': np.full_like(sample['label'], transforms.IGNORE),
-            'name': 'padding'}
+    padding = {'image': np.zeros_like(sample['image']), 'name': 'padding'}
+    if 'label' in sample:
+      padding['label'] = np.full_like(sample['label'], transforms.IGNORE)
+    return padding
 
 
 def _process_shard(dataset: grain.MapDataset, process_index: int | None,
@@ -64,9 +66,10 @@ def _with_workers(dataset: grain.IterDataset, worker_count: int,
                   worker_buffer_size: int) -> grain.DatasetIterator:
   if not worker_count:
     return iter(dataset)
-  # grain's worker processes read absl flags; outside an absl app (tests, notebooks) use their defaults.
   if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+    raise RuntimeError('grain worker processes read absl flags, which this process has not parsed: run inside '
+                       'absl.app.run (as python -m ctxseg_jax.main does), call absl.flags.FLAGS.mark_as_parsed() '
+                       'once after your own flag parsing, or set config.data.worker_count=0')
   options = grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=worker_buffer_size)
   return iter(dataset.mp_prefetch(options))
 
@@ -101,7 +104,8 @@ def eval_batches(source: SegmentationSource, data_config: ml_collections.ConfigD
 
   Returns (iterator of batches, number of batches); each batch holds b = global_batch / process_count samples
   {'image': uint8 (b, *eval_size, 3), 'label': uint8 (b, *label size) at original resolution, 'image_size':
-  int32 (b, 2), 'label_size': int32 (b, 2)} (see transforms.EvalPreprocess).
+  int32 (b, 2), 'original_size': int32 (b, 2)} (see transforms.EvalPreprocess; no 'label' for an unlabelled
+  source).
   """
   count = jax.process_count() if process_count is None else process_count
   num_batches = -(-len(source) // global_batch)

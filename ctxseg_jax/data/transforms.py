@@ -128,7 +128,8 @@ class EvalPreprocess(grain.transforms.Map):
 
   The label keeps its original resolution (predictions are resized back to it before scoring) and is padded
   with ignore to label_size. Output: {'image': uint8 (*eval_size, 3), 'label': uint8 label_size,
-  'image_size': int32 (2,) the resized (h, w) before padding, 'label_size': int32 (2,) the original (h, w)}.
+  'image_size': int32 (2,) the resized (h, w) before padding, 'original_size': int32 (2,) the original (h, w)}.
+  The label is optional: an unlabelled sample (images to predict) gives the same dict without 'label'.
   """
   eval_size: tuple[int, int]
   label_size: tuple[int, int]
@@ -158,17 +159,19 @@ class EvalPreprocess(grain.transforms.Map):
     return problems
 
   def map(self, sample: dict) -> dict:
-    image, label = sample['image'], sample['label']
-    height, width = label.shape
+    image, label = sample['image'], sample.get('label')
+    height, width = image.shape[:2]
     problems = self.shape_problems(sample.get('name', 'sample'), height, width)
     if problems:
       raise DataError(problems[0])
     resized = eval_rescale_size(height, width, self.eval_scale)
     if resized != (height, width):
       image = np.asarray(Image.fromarray(image).resize((resized[1], resized[0]), Image.BILINEAR))
-    return {'image': pad_image(image, self.eval_size, self.image_pad_value),
-            'label': pad_label(label, self.label_size), 'image_size': np.asarray(resized, np.int32),
-            'label_size': np.asarray((height, width), np.int32)}
+    out = {'image': pad_image(image, self.eval_size, self.image_pad_value),
+           'image_size': np.asarray(resized, np.int32), 'original_size': np.asarray((height, width), np.int32)}
+    if label is not None:
+      out['label'] = pad_label(label, self.label_size)
+    return out
 
 
 def eval_label_size(data_config) -> tuple[int, int]:

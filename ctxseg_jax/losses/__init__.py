@@ -47,12 +47,14 @@ def set_term(loss: ml_collections.ConfigDict, name: str, term: ml_collections.Co
   settings.set_entry(loss.terms, name, term)
 
 
-def problems(loss: ml_collections.ConfigDict, train_outputs: list[str], prefix: str = 'loss') -> list[str]:
-  """Every problem of config.loss, given the names of the outputs the model publishes in training."""
+def problems(loss: ml_collections.ConfigDict, train_outputs: list[str] | None,
+             prefix: str = 'loss') -> list[str]:
+  """Every problem of config.loss, given the names of the outputs the model publishes in training (None: not
+  known, e.g. because the model config has problems of its own; outputs are then not checked)."""
   errors = []
   for name, term in loss.terms.items():
     term_errors = TERMS.problems(f'{prefix}.terms.{name}', term)
-    if not term_errors and term.output not in train_outputs:
+    if not term_errors and train_outputs is not None and term.output not in train_outputs:
       term_errors.append(f'config.{prefix}.terms.{name}.output={term.output!r} is not an output of the model; '
                          f'its outputs in training are {train_outputs}')
     errors += term_errors

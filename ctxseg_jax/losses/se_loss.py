@@ -30,7 +30,7 @@ def se_loss(se_logits: jax.Array, labels: jax.Array, ignore_index: int) -> jax.A
   """Binary cross-entropy with logits of `se_logits` (B, K) against `class_presence(labels)`, mean over B*K.
 
   Equals mmseg's CrossEntropyLoss(use_sigmoid=True) and, up to PyTorch BCELoss's log clamp at -100, PyTorch-
-  Encoding's BCELoss(sigmoid(x)). Computed in float32; unweighted (the caller applies loss.se_weight).
+  Encoding's BCELoss(sigmoid(x)). Computed in float32; unweighted (the loss term applies its weight).
   """
   se_logits = se_logits.astype(jnp.float32)
   target = class_presence(labels, se_logits.shape[-1], ignore_index)

@@ -51,8 +51,8 @@ def running_order(heads: ml_collections.ConfigDict) -> list[str]:
     ready = next((name for name in pending
                   if all(publisher.get(output) in order for output in heads[name].reads_outputs)), None)
     if ready is None:
-      raise ValueError(f'heads {pending} read outputs that no head before them publishes (a cycle, or a name '
-                       f'that no head publishes: published are {sorted(publisher)})')
+      raise ValueError(f'heads {pending} read each other\'s outputs in a cycle, or outputs no head publishes '
+                       f'(published: {sorted(publisher)})')
     order.append(ready)
     pending.remove(ready)
   return order
@@ -76,6 +76,15 @@ def problems(model: ml_collections.ConfigDict, prefix: str = 'model') -> list[st
   if errors:
     return errors
   num_stages = len(BACKBONES[model.backbone.name].outputs)
+  all_published = {output for head in model.heads.values() for output in head.outputs}
+  for name, head in model.heads.items():
+    key = f'config.{prefix}.heads.{name}'
+    for output in head.reads_outputs:
+      if output not in all_published:
+        errors.append(f'{key}.reads_outputs names {output!r}, which no head publishes (published: '
+                      f'{sorted(all_published)})')
+  if errors:
+    return errors
   try:
     order = running_order(model.heads)
   except ValueError as e:
@@ -91,10 +100,7 @@ def problems(model: ml_collections.ConfigDict, prefix: str = 'model') -> list[st
     if not head.reads and not head.reads_outputs:
       errors.append(f'{key} reads nothing: set reads (backbone stages) or reads_outputs')
     for output in head.reads_outputs:
-      if output not in published:
-        errors.append(f'{key}.reads_outputs names {output!r}, which no earlier head publishes '
-                      f'(earlier: {sorted(published)})')
-      elif published[output] and not head.train_only:
+      if published.get(output) and not head.train_only:
         errors.append(f'{key} runs at inference but reads {output!r}, a training-only output: set '
                       f'{key}.train_only=True or read an inference output')
     local = HEADS[head.type].outputs

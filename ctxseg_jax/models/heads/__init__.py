@@ -4,7 +4,7 @@ A head type is one module file with SETTINGS, a build function and a `Component`
 below. Its config is `HEADS.config(type, **settings)`, placed under config.model.heads with `models.set_head`.
 """
 from ctxseg_jax import settings
-from ctxseg_jax.models.heads import encnet, fcn
+from ctxseg_jax.models.heads import encnet, fcn, linear
 from ctxseg_jax.models.segmentor import INPUT_TRANSFORMS
 from ctxseg_jax.settings import Registry, Setting
 
@@ -22,4 +22,5 @@ WIRING = {
 HEADS = Registry('head', 'type', {
     'fcn': fcn.COMPONENT,
     'enc': encnet.COMPONENT,
+    'linear': linear.COMPONENT,
 }, common=WIRING)

@@ -2,7 +2,8 @@
 
 Follows mmseg `EncHead`/`EncModule` (parameter names are mmseg's where mmseg names the layer) and
 PyTorch-Encoding's `EncHead`; the two differ only in the options exposed here (lateral connections, dropout
-flavour). See numerics.md A.2 and A.3.
+flavour). Both compute the EncModule as in the paper: projection, Encoding layer, BatchNorm1d over
+the codes, mean over codes, sigmoid gate; the SE branch reads the pre-gate encoding.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Bilinear resizing with PyTorch `F.interpolate(mode='bilinear')` semantics for NHWC arrays.
 
-Both corner conventions are supported, because the references disagree (numerics.md, checklist item 12):
+Both corner conventions are supported, because the references disagree:
 mmseg and PaddleSeg use `align_corners=False`, HRNet-OCR, PyTorch-Encoding and ContrastiveSeg use `True`.
 
 The resize is separable, so each spatial axis is resampled by a dense (out, in) interpolation matrix built on

@@ -1,0 +1,39 @@
+"""metrics.jsonl: records survive resume trimming, and object stores are not rewritten on every record."""
+from etils import epath
+
+from ctxseg_jax import reporting
+
+
+def test_records_are_appended_and_trimmed_on_resume(tmp_path):
+  writer = reporting.MetricWriter(tmp_path)
+  for step in (1, 2, 3):
+    writer.write(step, 'train', {'loss': float(step)})
+  writer.close()
+  assert [r['step'] for r in reporting.read_metrics(tmp_path)] == [1, 2, 3]
+  writer = reporting.MetricWriter(tmp_path, resume_step=2)
+  writer.write(3, 'train', {'loss': 30.0})
+  writer.close()
+  assert [(r['step'], r['loss']) for r in reporting.read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def test_rewriting_stores_batch_train_records_and_flush_evals_and_close(tmp_path, monkeypatch):
+  rewrites = []
+  original = epath.Path.write_text
+
+  def counting_write_text(self, text, *args, **kwargs):
+    if self.name == reporting.METRICS_FILE:
+      rewrites.append(text.count('\n'))
+    return original(self, text, *args, **kwargs)
+
+  monkeypatch.setattr(type(epath.Path(tmp_path)), 'write_text', counting_write_text)
+  writer = reporting.MetricWriter(tmp_path, rewrite=True, rewrite_every_s=3600)
+  for step in range(1, 101):
+    writer.write(step, 'train', {'loss': 1.0})
+  assert rewrites == []  # 100 train records, no rewrite yet
+  writer.write(100, 'eval', {'miou': 50.0})
+  assert rewrites == [101]  # an eval record is written at once, with everything before it
+  writer.write(101, 'train', {'loss': 1.0})
+  writer.close()
+  assert rewrites == [101, 102]
+  records = reporting.read_metrics(tmp_path)
+  assert len(records) == 102 and records[100] == {'step': 100, 'split': 'eval', 'miou': 50.0}

@@ -16,7 +16,9 @@ mmseg runs each image at its own size. Padding changes more than the border pixe
 the SE gate pool over every position, padding included, so every prediction sees it. Shape buckets or masked
 pooling belong to full-protocol evaluation (planned); until then lower eval_size as far as `--mode check_data`
 allows.
-Resizing uses PIL's bilinear filter, which antialiases when shrinking; mmseg's cv2 does not.
+Images are resized as mmseg's cv2 INTER_LINEAR does, bilinear without antialiasing (data.resize_antialias
+False; cv2's fixed-point rounding can be one grey level lower). Labels are resized nearest with half-pixel
+centres, src = floor((dst + 0.5) * in / out); mmseg's cv2 INTER_NEAREST takes floor(dst * in / out).
 
 python -m ctxseg_jax.main --config configs/encnet_ade20k.py --config.data.root=/data/ADEChallengeData2016
 """

@@ -11,7 +11,9 @@ PhotoMetricDistortion, padding with the mean colour; test: keep-ratio resize to 
 identity for Cityscapes images), whole image at 1024x2048.
 
 Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned).
-Resizing uses PIL's bilinear filter, which antialiases when shrinking; mmseg's cv2 does not.
+Images are resized as mmseg's cv2 INTER_LINEAR does, bilinear without antialiasing (data.resize_antialias
+False; cv2's fixed-point rounding can be one grey level lower). Labels are resized nearest with half-pixel
+centres, src = floor((dst + 0.5) * in / out); mmseg's cv2 INTER_NEAREST takes floor(dst * in / out).
 
 python -m ctxseg_jax.main --config configs/encnet_cityscapes.py --config.data.root=/data/cityscapes
 """

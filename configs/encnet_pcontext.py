@@ -15,7 +15,7 @@ sliding evaluation. Evaluation resizes the long side to 520 (PyTorch-Encoding's 
 whole image padded to 520x520 (PyTorch-Encoding slides 480 crops over it) and scores the logits resized back to
 the original resolution (PASCAL images are at most 500x500: eval_label_size). Both eval resizes use
 align_corners=False; PyTorch-Encoding's use align_corners=True (an option for that comes with full-protocol
-evaluation). Training resizes with PIL's bilinear, as PyTorch-Encoding does.
+evaluation). Images are resized with PIL's bilinear (data.resize_antialias True), as PyTorch-Encoding does.
 PyTorch-Encoding's 80 x 312 = 24960 iterations drop the last partial batch of each epoch; the protocol's step
 count (24990) rounds up.
 

@@ -61,6 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.cat_max_ratio = 1.0          # < 1: re-draw the crop (up to 10 times) while one class covers more than
                                       # this share of its labelled pixels (mmseg RandomCrop; 0.75 in its configs)
   c.data.photometric_distortion = False  # mmseg PhotoMetricDistortion after the flip (on in mmseg's configs)
+  c.data.resize_antialias = True      # image resizes (train rescale, eval_scale): True PIL bilinear, antialiased when
+                                      # shrinking (PyTorch-Encoding, HRNet); False OpenCV INTER_LINEAR-like (mmseg)
   c.data.eval_scale = (0, 0)          # (long, short): keep-ratio resize of eval images by
                                       # min(long / long side, short / short side) (mmseg Resize keep_ratio=True);
                                       # predictions are resized back and scored at the original resolution.

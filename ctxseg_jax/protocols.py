@@ -68,6 +68,7 @@ def mmseg_ade20k_160k(config: ml_collections.ConfigDict) -> HeadSettings:
   config.data.image_pad_value = MMSEG_PAD_COLOUR
   config.data.cat_max_ratio = 0.75
   config.data.photometric_distortion = True
+  config.data.resize_antialias = False
   config.data.eval_scale = (2048, 512)
   config.data.eval_label_size = (2048, 2048)
   _mmseg_sgd(config, batch_size=16, steps=160_000, eval_every=16_000)
@@ -84,6 +85,7 @@ def mmseg_cityscapes_80k(config: ml_collections.ConfigDict) -> HeadSettings:
   config.data.image_pad_value = MMSEG_PAD_COLOUR
   config.data.cat_max_ratio = 0.75
   config.data.photometric_distortion = True
+  config.data.resize_antialias = False
   config.data.eval_scale = (2048, 1024)
   _mmseg_sgd(config, batch_size=8, steps=80_000, eval_every=8_000)
   return _r101_d8(config, stem='v1c', dropout_mode='channel')
@@ -100,6 +102,7 @@ def pytorch_encoding_pcontext(config: ml_collections.ConfigDict, *, epochs: int 
   config.data.image_pad_value = (0, 0, 0)
   config.data.cat_max_ratio = 1.0
   config.data.photometric_distortion = False
+  config.data.resize_antialias = True
   config.data.eval_scale = (520, 520)
   config.data.eval_label_size = (500, 500)
   _cross_entropy(config, reduction='valid', aux_weight=0.2)

@@ -117,10 +117,10 @@ def test_train_rescale_long_side_or_mmseg_keep_ratio_scale(monkeypatch, shape, b
 
   caller = threading.get_ident()
 
-  def spy(image, label, size):
+  def spy(image, label, size, antialias):
     if threading.get_ident() == caller:  # not the prefetch threads of iterators from other tests
       sizes.append(tuple(size))
-    return real_resize(image, label, size)
+    return real_resize(image, label, size, antialias)
 
   monkeypatch.setattr(transforms, 'resize', spy)
   augment = transforms.TrainAugment(base_size=2048, ratio_range=(1.0, 1.0), crop_size=(64, 64), flip=False,

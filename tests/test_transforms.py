@@ -1,11 +1,13 @@
-"""Train augmentation (cat_max_ratio, photometric distortion), eval resizing and scoring at original resolution,
-and exact resume of a real-layout pipeline across an Orbax checkpoint."""
+"""Train augmentation (cat_max_ratio, photometric distortion), image resampling with and without antialiasing
+(data.resize_antialias), eval resizing and scoring at original resolution, and exact resume of a real-layout
+pipeline across an Orbax checkpoint."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from ctxseg_jax import config as config_lib
 from ctxseg_jax import experiment, metrics, parallel, steps
@@ -98,6 +100,104 @@ def test_eval_preprocess_resizes_the_image_and_keeps_the_label():
   with pytest.raises(datasets.DataError, match=r'x\.png.*39x52.*config\.data\.eval_size'):
     transforms.EvalPreprocess(eval_size=(40, 40), label_size=(32, 48), eval_scale=(52, 52),
                               image_pad_value=0).map(sample)
+
+
+def _direct_linear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """OpenCV INTER_LINEAR's value of each output pixel, in float64 and unrounded: (H, W, C) -> (h, w, C)."""
+  def taps(dst, n_in, n_out):
+    src = min(max((dst + 0.5) * n_in / n_out - 0.5, 0.0), n_in - 1.0)
+    lo = int(np.floor(src))
+    return lo, min(lo + 1, n_in - 1), src - lo
+
+  image = image.astype(np.float64)
+  out = np.empty((*size, image.shape[2]))
+  for y in range(size[0]):
+    y0, y1, fy = taps(y, image.shape[0], size[0])
+    for x in range(size[1]):
+      x0, x1, fx = taps(x, image.shape[1], size[1])
+      out[y, x] = ((1 - fy) * ((1 - fx) * image[y0, x0] + fx * image[y0, x1])
+                   + fy * ((1 - fx) * image[y1, x0] + fx * image[y1, x1]))
+  return out
+
+
+def _stripes(height: int, width: int) -> np.ndarray:
+  """uint8 (height, width, 3) noise on one-pixel stripes: what antialiasing smooths when shrinking."""
+  rng = np.random.default_rng(7)
+  stripes = np.where(np.arange(width) % 2 == 0, 220, 30)[None, :, None]
+  return np.clip(stripes + rng.integers(-25, 26, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize('size', [(4, 9), (23, 5), (40, 52), (11, 17)])  # shrink, mixed, enlarge, identity
+def test_resize_linear_rounds_the_direct_bilinear_formula(size):
+  image = np.random.default_rng(4).integers(0, 256, (11, 17, 3), dtype=np.uint8)
+  out = transforms.resize_linear(image, size)
+  assert out.dtype == np.uint8 and out.shape == (*size, 3)
+  # The rounded exact value: equal to floor(value + 0.5) except where value is within float32 error of a tie.
+  assert np.abs(out - _direct_linear(image, size)).max() <= 0.5 + 1e-3
+
+
+def test_resize_linear_is_within_one_grey_level_of_opencv():
+  cv2 = pytest.importorskip('cv2')
+  image = _stripes(37, 53)
+  for size in [(10, 14), (18, 26), (50, 90), (37, 21)]:
+    expected = cv2.resize(image, size[::-1], interpolation=cv2.INTER_LINEAR)
+    assert np.abs(transforms.resize_linear(image, size).astype(int) - expected).max() <= 1
+
+
+def test_antialias_is_pil_bilinear_and_differs_when_shrinking():
+  image = _stripes(32, 48)
+  pil = np.asarray(Image.fromarray(image).resize((16, 8), Image.BILINEAR))
+  np.testing.assert_array_equal(transforms.resize_image(image, (8, 16), antialias=True), pil)
+  linear = transforms.resize_image(image, (8, 16), antialias=False)
+  np.testing.assert_array_equal(linear, transforms.resize_linear(image, (8, 16)))
+  # Shrinking the stripes 3x: PIL averages them towards grey; the two-tap resize samples one stripe per pixel.
+  assert pil.astype(float).std() < 20 < linear.astype(float).std()
+
+
+def test_upscaling_agrees_between_the_two_modes():
+  image = np.random.default_rng(5).integers(0, 256, (13, 17, 3), dtype=np.uint8)
+  for size in [(26, 34), (40, 23), (13, 50)]:
+    pil = transforms.resize_image(image, size, antialias=True).astype(int)
+    assert np.abs(pil - transforms.resize_image(image, size, antialias=False)).max() <= 1
+
+
+@pytest.mark.parametrize('antialias', [True, False])
+def test_resize_antialias_chooses_the_image_resize_of_train_augment_and_eval(antialias):
+  image, label = _stripes(30, 48), np.tile((np.arange(48) % 7).astype(np.uint8), (30, 1))
+  expected = transforms.resize_image(image, (10, 16), antialias)
+  other = transforms.resize_image(image, (10, 16), not antialias)
+  assert np.abs(expected.astype(int) - other).max() > 50
+  augment = _augment(base_size=48, ratio_range=(1 / 3, 1 / 3), crop_size=(10, 16), flip=False,
+                     resize_antialias=antialias)
+  out = augment.random_map({'image': image, 'label': label}, np.random.default_rng(0))
+  np.testing.assert_array_equal(out['image'], expected)
+  np.testing.assert_array_equal(out['label'], np.asarray(Image.fromarray(label).resize((16, 10), Image.NEAREST)))
+  evaluated = transforms.EvalPreprocess(eval_size=(12, 16), label_size=(30, 48), eval_scale=(16, 16),
+                                        image_pad_value=0, resize_antialias=antialias).map(
+                                            {'image': image, 'label': label})
+  np.testing.assert_array_equal(evaluated['image'][:10], expected)
+  np.testing.assert_array_equal(evaluated['label'], label)
+
+
+def test_config_resize_antialias_reaches_the_train_and_eval_pipelines():
+  config = get_config()
+  config.data.ratio_range = (0.5, 0.5)  # every training image is shrunk 2x ...
+  config.data.crop_size = (16, 16)
+  config.data.eval_scale = (16, 16)     # ... and so is every eval image
+  config.data.eval_size, config.data.eval_label_size = (16, 16), (32, 32)
+  train_source, val_source = (datasets.build_source(config.data, split) for split in ('train', 'val'))
+  batches = {}
+  for antialias in (True, False):
+    config.data.resize_antialias = antialias
+    assert transforms.EvalPreprocess.from_config(config.data).resize_antialias is antialias
+    train = next(pipeline.train_iterator(train_source, config.data, 8, seed=0))
+    eval_iterator, _ = pipeline.eval_batches(val_source, config.data, 8)
+    evaluation = next(eval_iterator)
+    eval_iterator.close()
+    batches[antialias] = train, evaluation
+  for with_pil, without in zip(batches[True], batches[False]):
+    np.testing.assert_array_equal(with_pil['label'], without['label'])  # labels: nearest either way
+    assert not np.array_equal(with_pil['image'], without['image'])
 
 
 def test_region_resize_equals_resizing_each_cropped_region():

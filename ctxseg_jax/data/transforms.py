@@ -13,16 +13,63 @@ from PIL import Image
 
 from ctxseg_jax.data import photometric
 from ctxseg_jax.data.datasets.base import IGNORE_INDEX, DataError
+from ctxseg_jax.models.layers.resize import linear_taps
 
 IGNORE = IGNORE_INDEX
 
 
-def resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-  """Resizes to (height, width): image bilinear (PIL, as PyTorch-Encoding), label nearest."""
+def resize_linear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Bilinear resize without antialiasing, like OpenCV's INTER_LINEAR (mmseg): uint8 (H, W, C) -> (height, width, C).
+
+  Separable: along each axis, output pixel dst mixes the two source pixels around
+  src = (dst + 0.5) * in / out - 0.5, clamped at 0 and at the last index, with weights 1 - frac and frac
+  (`linear_taps` with align_corners=False: OpenCV's sample positions and weights). Only those two pixels count,
+  however much the image shrinks. Values are interpolated in float32 and rounded half up to uint8. OpenCV
+  computes uint8 in fixed point (11-bit weights, truncating products): about one of its pixels in eight is one
+  grey level lower than here, a few in a thousand one higher, none further apart; an exact 2x reduction
+  (OpenCV's INTER_AREA shortcut) is equal.
+  """
+  height, width = size
+  out = image
+  # Resample the axis that shrinks the intermediate the most first.
+  axes = (0, 1) if height * image.shape[1] <= image.shape[0] * width else (1, 0)
+  for axis in axes:
+    lo, hi, frac = linear_taps(out.shape[axis], size[axis], align_corners=False)
+    frac = frac.reshape((-1,) + (1,) * (out.ndim - 1 - axis))
+    low = np.take(out, lo, axis).astype(np.float32)
+    out = np.take(out, hi, axis).astype(np.float32)
+    out -= low
+    out *= frac
+    out += low
+  out += np.float32(0.5)
+  return np.floor(out, out=out).astype(np.uint8)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:
+  """Resizes a uint8 (H, W, 3) image to (height, width), bilinear: with antialias, PIL's BILINEAR, which widens
+  its filter when shrinking (PyTorch-Encoding, HRNet); without, `resize_linear` (OpenCV INTER_LINEAR, mmseg).
+  Upscaling agrees between the two up to rounding (PIL also works in fixed point)."""
+  if image.shape[:2] == tuple(size):
+    return image
+  if not antialias:
+    return resize_linear(image, size)
+  return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int],
+           antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Resizes a uint8 (H, W, 3) image and its (H, W) label to (height, width): the image with `resize_image`, the
+  label with PIL's NEAREST in either mode.
+
+  PIL's NEAREST takes src = floor((dst + 0.5) * in / out) (the lower pixel where that is an exact integer), the
+  pixel whose centre is nearest, so labels stay aligned with the half-pixel image resize in both modes. OpenCV's
+  INTER_NEAREST (mmseg's labels) takes floor(dst * in / out), half an output pixel up-left of that; this shift is
+  not reproduced.
+  """
   height, width = size
   if image.shape[:2] == (height, width):
     return image, label
-  image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+  image = resize_image(image, size, antialias)
   label = np.asarray(Image.fromarray(label).resize((width, height), Image.NEAREST))
   return image, label
 
@@ -79,7 +126,9 @@ class TrainAugment(grain.transforms.RandomMap):
   scale (base_size, base_short_side)). The crop is at most crop_size (an image smaller than the crop is taken
   whole); cat_max_ratio < 1 re-draws crops dominated by one class (mmseg RandomCrop). Padding goes bottom/right
   (image: image_pad_value, label: ignore), after the flip and the distortion, so padded pixels are never moved
-  or distorted. Output: {'image': uint8 (crop_h, crop_w, 3), 'label': uint8 (crop_h, crop_w)}.
+  or distorted. The rescale resamples the image with `resize_image` (resize_antialias: PIL's antialiasing
+  bilinear, else OpenCV-like) and the label nearest (`resize`).
+  Output: {'image': uint8 (crop_h, crop_w, 3), 'label': uint8 (crop_h, crop_w)}.
   """
   base_size: int
   ratio_range: tuple[float, float]
@@ -89,6 +138,7 @@ class TrainAugment(grain.transforms.RandomMap):
   base_short_side: int = 0
   cat_max_ratio: float = 1.0
   photometric_distortion: bool = False
+  resize_antialias: bool = True
 
   def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
     image, label = sample['image'], sample['label']
@@ -98,7 +148,8 @@ class TrainAugment(grain.transforms.RandomMap):
     scale = long_side / max(height, width)
     if self.base_short_side > 0:
       scale = min(scale, max(int(round(self.base_short_side * ratio)), 1) / min(height, width))
-    image, label = resize(image, label, (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1)))
+    image, label = resize(image, label, (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1)),
+                          self.resize_antialias)
     top, left = crop_with_cat_max_ratio(label, self.crop_size, self.cat_max_ratio, rng)
     crop_h, crop_w = self.crop_size
     image = image[top:top + crop_h, left:left + crop_w]
@@ -124,7 +175,8 @@ def eval_rescale_size(height: int, width: int, eval_scale: tuple[int, int]) -> t
 
 @dataclasses.dataclass(frozen=True)
 class EvalPreprocess(grain.transforms.Map):
-  """Keep-ratio resize of the image (eval_scale, or native), then padding to static shapes.
+  """Keep-ratio resize of the image (eval_scale, or native; `resize_image` with resize_antialias), then padding
+  to static shapes.
 
   The label keeps its original resolution (predictions are resized back to it before scoring) and is padded
   with ignore to label_size. Output: {'image': uint8 (*eval_size, 3), 'label': uint8 label_size,
@@ -135,11 +187,12 @@ class EvalPreprocess(grain.transforms.Map):
   label_size: tuple[int, int]
   eval_scale: tuple[int, int]
   image_pad_value: int | tuple[int, int, int]
+  resize_antialias: bool = True
 
   @classmethod
   def from_config(cls, data_config) -> EvalPreprocess:
     return cls(tuple(data_config.eval_size), eval_label_size(data_config), tuple(data_config.eval_scale),
-               data_config.image_pad_value)
+               data_config.image_pad_value, data_config.resize_antialias)
 
   def shape_problems(self, name: str, height: int, width: int) -> list[str]:
     """Why an eval sample with an original (height, width) label does not fit the static eval shapes, if it
@@ -165,8 +218,7 @@ class EvalPreprocess(grain.transforms.Map):
     if problems:
       raise DataError(problems[0])
     resized = eval_rescale_size(height, width, self.eval_scale)
-    if resized != (height, width):
-      image = np.asarray(Image.fromarray(image).resize((resized[1], resized[0]), Image.BILINEAR))
+    image = resize_image(image, resized, self.resize_antialias)
     out = {'image': pad_image(image, self.eval_size, self.image_pad_value),
            'image_size': np.asarray(resized, np.int32), 'original_size': np.asarray((height, width), np.int32)}
     if label is not None:

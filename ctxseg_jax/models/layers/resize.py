@@ -17,15 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
-@functools.lru_cache(maxsize=256)
-def interpolation_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
-  """Returns the (out_size, in_size) float32 matrix of 1-D linear interpolation weights.
+def linear_taps(in_size: int, out_size: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The 1-D linear interpolation taps of each output index: (lo, hi, frac), each of shape (out_size,).
 
-  Source coordinates follow PyTorch's upsample_bilinear2d for an explicit output size, computed in float32
-  as PyTorch does for float inputs:
+  Output i is (1 - frac[i]) * x[lo[i]] + frac[i] * x[hi[i]]. Source coordinates follow PyTorch's
+  upsample_bilinear2d for an explicit output size, computed in float32 as PyTorch does for float inputs:
     align_corners=False: src = max(0, (dst + 0.5) * in / out - 0.5)   (no antialiasing when downsampling)
     align_corners=True:  src = dst * (in - 1) / (out - 1)             (0 when out == 1)
-  Each row holds weight (1 - frac) at floor(src) and frac at floor(src) + 1, clamped to the last input index.
+  lo = floor(src) and hi = lo + 1, both clamped to the last input index; frac = src - lo (float32).
   """
   if in_size < 1 or out_size < 1:
     raise ValueError(f'sizes must be positive, got in_size={in_size}, out_size={out_size}')
@@ -38,7 +37,16 @@ def interpolation_matrix(in_size: int, out_size: int, align_corners: bool) -> np
     src = np.maximum((dst + np.float32(0.5)) * scale - np.float32(0.5), np.float32(0))
   lo = np.minimum(src.astype(np.int64), in_size - 1)
   hi = np.minimum(lo + 1, in_size - 1)
-  frac = (src - lo.astype(np.float32)).astype(np.float32)
+  return lo, hi, (src - lo.astype(np.float32)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def interpolation_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+  """Returns the (out_size, in_size) float32 matrix of 1-D linear interpolation weights (see `linear_taps`).
+
+  Each row holds weight (1 - frac) at lo and frac at hi (their sum, 1, where the two coincide at the last index).
+  """
+  lo, hi, frac = linear_taps(in_size, out_size, align_corners)
   matrix = np.zeros((out_size, in_size), np.float32)
   rows = np.arange(out_size)
   np.add.at(matrix, (rows, lo), np.float32(1) - frac)
@@ -84,7 +92,7 @@ def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = Fal
 
 def _dynamic_taps(in_size: jax.Array, out_size: jax.Array, out_len: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The two source indices and the weight of the second for each of out_len outputs, mapping [0, in_size) onto
-  [0, out_size) with align_corners=False (the formulas of `interpolation_matrix`, for traced sizes).
+  [0, out_size) with align_corners=False (the formulas of `linear_taps`, for traced sizes).
 
   Outputs at or beyond out_size are padding: their taps are whatever the formula gives, always inside [0, in_size).
   """

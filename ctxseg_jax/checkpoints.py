@@ -47,7 +47,7 @@ class Checkpointer:
                               f'(python -m ctxseg_jax.main --config ... --workdir {workdir})')
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=create,
                                            enable_async_checkpointing=True)
-    handlers = {STATE: ocp.StandardCheckpointHandler(), DATA_ITER: grain.checkpoint.CheckpointHandler(),
+    handlers = {STATE: ocp.PyTreeCheckpointHandler(), DATA_ITER: grain.checkpoint.CheckpointHandler(),
                 CONFIG: ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
@@ -60,7 +60,7 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None,
            config: ml_collections.ConfigDict, metrics: dict[str, float] | None = None) -> None:
     """Starts an asynchronous save of `step` (returns once device buffers are copied)."""
-    items = {STATE: ocp.args.StandardSave(state), CONFIG: ocp.args.JsonSave(json.loads(config.to_json_best_effort()))}
+    items = {STATE: ocp.args.PyTreeSave(state), CONFIG: ocp.args.JsonSave(json.loads(config.to_json_best_effort()))}
     if data_iter is not None:
       items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
     self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
@@ -71,24 +71,39 @@ class Checkpointer:
 
     Restores the data iterator in place when given. Returns (step, state).
     """
-    step = self.latest_step() if step is None else step
-    if step is None or step not in self.all_steps():
-      raise FileNotFoundError(f'no checkpoint{"" if step is None else f" for step {step}"} in {self.directory}; '
-                              f'available steps: {self.all_steps() or "none"}')
-    self._check_fits(step, abstract_state)
-    items = {STATE: ocp.args.StandardRestore(abstract_state)}
+    step = self._existing_step(step)
+    self._check_fits(step, {'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats})
+    items = {STATE: _pytree_restore(abstract_state)}
     if data_iter is not None:
       items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return step, restored[STATE]
 
+  def restore_variables(self, abstract_variables: dict[str, Any], step: int | None = None) -> tuple[int, dict]:
+    """Restores only {'params', 'batch_stats'} of `step` (default: latest) into `abstract_variables`' shapes and
+    shardings: what evaluation and prediction need, whatever optimizer state the checkpoint holds."""
+    step = self._existing_step(step)
+    self._check_fits(step, abstract_variables)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        STATE: _pytree_restore(abstract_variables, partial=True)}))
+    return step, {key: restored[STATE][key] for key in abstract_variables}
+
   def saved_config(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]
 
-  def _check_fits(self, step: int, abstract_state: Any) -> None:
+  def _existing_step(self, step: int | None) -> int:
+    """`step`, or the latest when None; FileNotFoundError listing the available steps when there is none."""
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self.all_steps():
+      raise FileNotFoundError(f'no checkpoint{"" if step is None else f" for step {step}"} in {self.directory}; '
+                              f'available steps: {self.all_steps() or "none"}')
+    return step
+
+  def _check_fits(self, step: int, abstract_variables: dict[str, Any]) -> None:
+    """Raises CheckpointMismatchError naming every parameter or statistic whose path or shape differs."""
     saved = self._manager.item_metadata(step)[STATE]
     saved_shapes = _shapes_by_path({'params': saved['params'], 'batch_stats': saved['batch_stats']})
-    wanted_shapes = _shapes_by_path({'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats})
+    wanted_shapes = _shapes_by_path(abstract_variables)
     problems = []
     for path in sorted(wanted_shapes.keys() - saved_shapes.keys()):
       problems.append(f'missing in checkpoint: {path} {wanted_shapes[path]}')
@@ -114,6 +129,13 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _pytree_restore(abstract: Any, *, partial: bool = False) -> ocp.args.PyTreeRestore:
+  """Restore arguments placing each array with the shape, dtype and sharding of `abstract`'s leaf; with
+  `partial`, only the parts of the saved tree that `abstract` names are read."""
+  return ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                partial_restore=partial)
 
 
 def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -44,10 +44,12 @@ def evaluate(config, workdir: str | epath.Path, step: int | None = None) -> dict
   metrics.jsonl."""
   exp = experiment.build(config)
   checkpointer = Checkpointer(workdir, create=False)
-  restored_step, state = checkpointer.restore(exp.abstract_state(), step=step)
+  abstract = exp.abstract_state()
+  restored_step, variables = checkpointer.restore_variables(
+      {'params': abstract.params, 'batch_stats': abstract.batch_stats}, step=step)
   checkpointer.close()
   evaluator = Evaluator(exp)
-  results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
+  results = evaluator.run(variables)
   writer = reporting.MetricWriter(workdir)
   evaluator.report(restored_step, results, writer)
   writer.close()

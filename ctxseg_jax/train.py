@@ -134,6 +134,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
 def _check_resumable(checkpointer: Checkpointer, config: ml_collections.ConfigDict) -> None:
   """The grain iterator's saved state only fits a pipeline with the same number of worker processes."""
   saved = checkpointer.saved_config(checkpointer.latest_step())
+  if saved.get('data', {}).get('loader', 'grain') != 'grain':
+    raise ConfigError(f'the checkpoint in {checkpointer.directory} was written by the tf.data loader, whose data '
+                      'iterator state grain cannot resume; evaluate it with --mode eval, or train in a new workdir')
   saved_workers = saved.get('data', {}).get('worker_count')
   if saved_workers is not None and saved_workers != config.data.worker_count:
     raise ConfigError(f'the checkpoint in {checkpointer.directory} was written with config.data.worker_count='

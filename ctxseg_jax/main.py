@@ -3,6 +3,8 @@
 Modes: train (default; resumes from <workdir>/checkpoints when present), eval (latest checkpoint or --step),
 summary (parameter counts and FLOPs, no data needed), check_data (decode and verify every sample).
 Config values are overridden on the command line, e.g. --config.train.steps=100 --config.data.root=/data/x.
+A model is a backbone and named heads, the loss named weighted terms, each with its own settings:
+--config.model.backbone.depth=50 --config.model.heads.decode_head.channels=256 --config.loss.terms.aux.weight=0.2
 Run the same command on every host of a multi-host slice.
 """
 from __future__ import annotations
@@ -14,7 +16,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py), optionally '
-                                          'followed by ":arg" for get_config(arg).', lock_config=True)
+                                          'followed by ":arg" for get_config(arg). Override any value with '
+                                          '--config.KEY=VALUE, e.g. --config.model.heads.decode_head.channels=256 '
+                                          'or --config.loss.terms.aux.weight=0.2.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (local or gs://); default runs/<config name>.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'summary', 'check_data'], 'What to do.')
 _STEP = flags.DEFINE_integer('step', None, 'With --mode eval: the checkpoint step (default: the latest).')

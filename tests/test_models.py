@@ -15,6 +15,7 @@ from ctxseg_jax import models
 from ctxseg_jax.models import build_model
 from ctxseg_jax.models.backbones import BACKBONES
 from ctxseg_jax.models.heads import HEADS
+from ctxseg_jax.models.segmentor import HeadSpec
 from ctxseg_jax.models.backbones.resnet import Bottleneck, ResNet, block_plan
 from ctxseg_jax.models.heads.fcn import FCNHead, classifier_dropout
 from ctxseg_jax.models.layers.conv import ConvBNReLU, conv2d
@@ -338,3 +339,60 @@ def test_full_size_fcn_r50_d8_shapes():
   x = jax.ShapeDtypeStruct((2, 512, 512, 3), jnp.float32)
   outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
   assert {k: v.shape for k, v in outputs.items()} == {'logits': (2, 64, 64, 150)}
+
+
+# ------------------------------------------------------------------------------------------- head wiring
+
+def test_resize_concat_feeds_every_stage_resized_to_the_finest():
+  model_config = tiny_model_config()
+  models.set_head(model_config, 'decode_head', HEADS.config('linear', reads=(0, 1, 2, 3),
+                                                             input_transform='resize_concat', dropout=0.0))
+  model = build_model(model_config, num_classes=5)
+  x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+  variables = _init(model, x.shape, train=False)
+  # A 1x1 classifier on 8 + 16 + 32 + 64 concatenated channels.
+  assert variables['params']['decode_head']['conv_seg']['kernel'].shape == (1, 1, 120, 5)
+  logits = model.apply(variables, x, train=False)['logits']
+  assert logits.shape == (2, 16, 16, 5)  # the finest stage's resolution (stride 4)
+  stages = model.backbone.apply({'params': variables['params']['backbone'],
+                                 'batch_stats': variables['batch_stats']['backbone']}, x, train=False)
+  concat = jnp.concatenate([resize_bilinear(s, (16, 16)) for s in stages], axis=-1)
+  conv = variables['params']['decode_head']['conv_seg']
+  direct = jnp.einsum('bhwc,ck->bhwk', concat, conv['kernel'][0, 0]) + conv['bias']
+  np.testing.assert_allclose(logits, direct, rtol=1e-4, atol=1e-5)
+
+
+class _Refine(nn.Module):
+  """A test head that reads backbone features and an earlier head's logits: features @ W + logits."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, features, logits, *, train: bool):
+    return {'logits': nn.Dense(self.num_classes, name='proj')(features) + logits}
+
+
+def test_a_head_reads_an_earlier_heads_output_and_training_only_heads_run_last():
+  model_config = tiny_model_config()
+  segmentor = build_model(model_config, num_classes=5)
+  refine = HeadSpec(name='refine', module=_Refine(5), reads=(3,), reads_outputs=('logits',), train_only=True,
+                    local_outputs=('logits',), outputs=('refined_logits',))
+  model = segmentor.clone(heads=segmentor.heads + (refine,))
+  x = jax.random.normal(jax.random.key(2), (2, 64, 64, 3))
+  variables = _init(model, x.shape, train=True)
+  out, _ = model.apply(variables, x, train=True, rngs={'dropout': _key(0)}, mutable=['batch_stats'])
+  stage4 = out['stage_features'][3].astype(jnp.float32)
+  proj = variables['params']['refine']['proj']
+  np.testing.assert_allclose(out['refined_logits'], stage4 @ proj['kernel'] + proj['bias'] + out['logits'],
+                             rtol=1e-4, atol=1e-5)
+  assert 'refined_logits' not in model.apply(variables, x, train=False)
+
+
+def test_running_order_puts_readers_after_their_sources():
+  model_config = tiny_model_config()
+  assert models.running_order(model_config.heads) == ['decode_head', 'aux_head']
+  models.set_head(model_config, 'a_refine', HEADS.config('linear', reads=(3,), reads_outputs=('aux_logits',),
+                                                         train_only=True, outputs=('refined',)))
+  assert models.running_order(model_config.heads) == ['decode_head', 'aux_head', 'a_refine']
+  model_config.heads.aux_head.reads_outputs = ('refined',)
+  with pytest.raises(ValueError, match='cycle'):
+    models.running_order(model_config.heads)

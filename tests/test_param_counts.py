@@ -120,6 +120,13 @@ def fcn(depth, stem, num_classes, *, head, width=64, channels=512, aux_channels=
   return resnet(depth, stem, width) + head_count + aux_fcn_head(stages[2], num_classes, aux_channels)
 
 
+def linear_probe(depth, stem, num_classes, *, width, aux_channels):
+  """A 1x1 classifier (with bias) on the four stages concatenated, plus the auxiliary FCN head."""
+  stages = stage_channels(depth, width)
+  return (resnet(depth, stem, width) + conv(sum(stages), num_classes, 1, bias=True)
+          + aux_fcn_head(stages[2], num_classes, aux_channels))
+
+
 # (reference architecture, its count from the layer lists above, the count written out)
 REFERENCES = {
     'configs/encnet_pcontext.py': ('PyTorch-Encoding EncNet ResNet-101s, lateral, 59 classes',
@@ -136,6 +143,8 @@ REFERENCES = {
                         encnet(18, 'v1c', 8, lateral=False, width=16, channels=64, aux_channels=32), 805_904),
     'configs/demo_fcn.py': ('mmseg FCN, ResNet-18 V1c width 16, head 64, aux 32, 8 classes',
                             fcn(18, 'v1c', 8, head='mmseg', width=16, channels=64, aux_channels=32), 942_568),
+    'configs/demo_linear.py': ('linear probe of all stages, ResNet-18 V1c width 16, aux 32, 8 classes',
+                               linear_probe(18, 'v1c', 8, width=16, aux_channels=32), 722_408),
 }
 
 

@@ -57,6 +57,15 @@ def _mmseg_sgd(config: ml_collections.ConfigDict, *, batch_size: int, steps: int
   config.eval.miou_convention = 'present'
 
 
+def _mmseg_augmentation(config: ml_collections.ConfigDict) -> None:
+  """mmseg's training pipeline conventions: crops re-drawn while one class covers 75%, PhotoMetricDistortion,
+  padding with the mean colour, cv2-like resizing (no antialiasing)."""
+  config.data.image_pad_value = MMSEG_PAD_COLOUR
+  config.data.cat_max_ratio = 0.75
+  config.data.photometric_distortion = True
+  config.data.resize_antialias = False
+
+
 def mmseg_ade20k_160k(config: ml_collections.ConfigDict) -> HeadSettings:
   """mmseg R-101-D8, ADE20K, 512x512 crops, 160k iterations at batch 16 (see configs/encnet_ade20k.py)."""
   config.data.name = 'ade20k'
@@ -65,10 +74,7 @@ def mmseg_ade20k_160k(config: ml_collections.ConfigDict) -> HeadSettings:
   config.data.ratio_range = (0.5, 2.0)
   config.data.crop_size = (512, 512)
   config.data.eval_size = (2048, 2048)
-  config.data.image_pad_value = MMSEG_PAD_COLOUR
-  config.data.cat_max_ratio = 0.75
-  config.data.photometric_distortion = True
-  config.data.resize_antialias = False
+  _mmseg_augmentation(config)
   config.data.eval_scale = (2048, 512)
   config.data.eval_label_size = (2048, 2048)
   _mmseg_sgd(config, batch_size=16, steps=160_000, eval_every=16_000)
@@ -82,10 +88,7 @@ def mmseg_cityscapes_80k(config: ml_collections.ConfigDict) -> HeadSettings:
   config.data.ratio_range = (0.5, 2.0)
   config.data.crop_size = (512, 1024)
   config.data.eval_size = (1024, 2048)
-  config.data.image_pad_value = MMSEG_PAD_COLOUR
-  config.data.cat_max_ratio = 0.75
-  config.data.photometric_distortion = True
-  config.data.resize_antialias = False
+  _mmseg_augmentation(config)
   config.data.eval_scale = (2048, 1024)
   _mmseg_sgd(config, batch_size=8, steps=80_000, eval_every=8_000)
   return _r101_d8(config, stem='v1c', dropout_mode='channel')

@@ -11,22 +11,31 @@ from ctxseg_jax.losses.se_loss import class_presence, se_loss
 IGNORE = 255
 
 
-def _direct_ce(logits, labels, reduction):
-  total, valid = 0.0, 0
+def _direct_ce(logits, labels, reduction, weight=None):
+  """Per pixel: PyTorch CrossEntropyLoss(weight=w, ignore_index) for 'valid' (divided by the summed weights of
+  valid pixels, their count without weights); mmseg's mean over all pixels for 'all'."""
+  total, weights = 0.0, 0.0
   for idx in np.ndindex(labels.shape):
     if labels[idx] == IGNORE:
       continue
-    total += logsumexp(logits[idx]) - logits[idx][labels[idx]]
-    valid += 1
-  return total / (max(valid, 1) if reduction == 'valid' else labels.size)
+    w = 1.0 if weight is None else weight[labels[idx]]
+    total += w * (logsumexp(logits[idx]) - logits[idx][labels[idx]])
+    weights += w
+  return total / (max(weights, 1) if reduction == 'valid' else labels.size)
+
+
+def _problem(seed):
+  """(logits (2, 5, 6, 4) float64, labels (2, 5, 6) with 30% ignored)."""
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(2, 5, 6, 4)) * 3
+  labels = rng.integers(0, 4, size=(2, 5, 6))
+  labels[rng.random(labels.shape) < 0.3] = IGNORE
+  return logits, labels
 
 
 @pytest.mark.parametrize('reduction', ['valid', 'all'])
 def test_pixel_cross_entropy_matches_direct_sum(reduction):
-  rng = np.random.default_rng(0)
-  logits = rng.normal(size=(2, 5, 6, 4)) * 3
-  labels = rng.integers(0, 4, size=(2, 5, 6))
-  labels[rng.random(labels.shape) < 0.3] = IGNORE
+  logits, labels = _problem(0)
   got = pixel_cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), IGNORE, reduction)
   np.testing.assert_allclose(float(got), _direct_ce(logits, labels, reduction), rtol=1e-5)
 
@@ -131,28 +140,12 @@ def test_a_term_weight_starts_at_its_start_step():
     np.testing.assert_allclose(float(total), float(terms['loss_ce']) + weight * aux_ce, rtol=1e-6)
 
 
-def _direct_weighted_ce(logits, labels, weight, reduction):
-  """PyTorch CrossEntropyLoss(weight=w, ignore_index) for 'valid'; mmseg class_weight with mean over all pixels
-  for 'all'; written per pixel."""
-  total, weights = 0.0, 0.0
-  for idx in np.ndindex(labels.shape):
-    if labels[idx] == IGNORE:
-      continue
-    w = weight[labels[idx]]
-    total += w * (logsumexp(logits[idx]) - logits[idx][labels[idx]])
-    weights += w
-  return total / (weights if reduction == 'valid' else labels.size)
-
-
 @pytest.mark.parametrize('reduction', ['valid', 'all'])
 def test_class_weights_match_the_references(reduction):
-  rng = np.random.default_rng(6)
-  logits = rng.normal(size=(2, 5, 6, 4)) * 3
-  labels = rng.integers(0, 4, size=(2, 5, 6))
-  labels[rng.random(labels.shape) < 0.3] = IGNORE
+  logits, labels = _problem(6)
   weight = (0.5, 2.0, 1.0, 3.0)
   got = pixel_cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), IGNORE, reduction, weight)
-  np.testing.assert_allclose(float(got), _direct_weighted_ce(logits, labels, weight, reduction), rtol=1e-5)
+  np.testing.assert_allclose(float(got), _direct_ce(logits, labels, reduction, weight), rtol=1e-5)
   config = loss_config(ce=TERMS.config('cross_entropy', reduction=reduction, class_weight=weight))
   total, _ = make_loss(config, ignore_index=IGNORE)({'logits': jnp.asarray(logits, jnp.float32)},
                                                      {'label': jnp.asarray(labels)}, 0, jax.random.key(0))

@@ -16,12 +16,11 @@ import ml_collections
 from ctxseg_jax import inference, losses, models
 from ctxseg_jax.losses import TERMS
 from ctxseg_jax.models.backbones import BACKBONES
-from ctxseg_jax.models.heads import HEADS
+from ctxseg_jax.models.heads import HEADS, aux_fcn_head
 
 # ImageNet RGB mean/std in 0..255 pixel units, as every reference uses.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
-
 
 # Parameters outside the backbone: what PyTorch-Encoding trains at 10x the LR (its heads and auxiliary head).
 HEADS_PATTERN = '^(?!backbone/)'
@@ -31,12 +30,6 @@ class ConfigError(ValueError):
   """A config key or value that cannot run, with a message naming the key and the fix."""
 
 
-def aux_fcn_head(**overrides: Any) -> ml_collections.ConfigDict:
-  """The training-only auxiliary FCNHead on stage 3 (mmseg and PyTorch-Encoding): one 3x3 conv 256 wide, no input
-  concat, dropout 0.1, publishing 'aux_logits'."""
-  settings = dict(reads=(2,), train_only=True, outputs=('aux_logits',), channels=256, num_convs=1,
-                  concat_input=False)
-  return HEADS.config('fcn', **{**settings, **overrides})
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -84,13 +77,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.num_val = 200
   c.data.synthetic.seed = 0
 
-  # A backbone and named heads in running order (see ctxseg_jax.models; each component's keys, defaults and valid
-  # values live with it). Default: mmseg fcn_r50-d8, FCNHead on stage 4 + auxiliary FCNHead on stage 3.
+  # A backbone and named heads (see ctxseg_jax.models; each component's keys, defaults and valid values live with
+  # it). Default: mmseg fcn_r50-d8, FCNHead on stage 4 + auxiliary FCNHead on stage 3.
   c.model = models.model_config(
       backbone=BACKBONES.config('resnet'),
       heads={'decode_head': HEADS.config('fcn', reads=(3,)),
              'aux_head': aux_fcn_head()})
-  # Weighted loss terms over the model's outputs (see ctxseg_jax.losses), summed in this order.
+  # Weighted loss terms over the model's outputs (see ctxseg_jax.losses).
   c.loss = losses.loss_config(
       ce=TERMS.config('cross_entropy'),
       aux=TERMS.config('cross_entropy', output='aux_logits', weight=0.4))  # mmseg 0.4; PyTorch-Encoding 0.2

@@ -15,10 +15,11 @@ from typing import Any
 import ml_collections
 
 from ctxseg_jax import models
-from ctxseg_jax.config import HEADS_PATTERN, aux_fcn_head
+from ctxseg_jax.config import HEADS_PATTERN
 from ctxseg_jax.data.datasets import pascal_context
 from ctxseg_jax.losses import TERMS, set_term
 from ctxseg_jax.models.backbones import BACKBONES
+from ctxseg_jax.models.heads import aux_fcn_head
 
 HeadSettings = dict[str, Any]
 

@@ -3,10 +3,10 @@
 Usable as a config file: python -m ctxseg_jax.main --config tests/tiny_config.py
 """
 from ctxseg_jax import models
-from ctxseg_jax.config import aux_fcn_head, base_config
+from ctxseg_jax.config import base_config
 from ctxseg_jax.losses import TERMS, set_term
 from ctxseg_jax.models.backbones import BACKBONES
-from ctxseg_jax.models.heads import HEADS
+from ctxseg_jax.models.heads import HEADS, aux_fcn_head
 
 
 def tiny_model_config(decode: str = 'fcn', dtype: str = 'float32', **decode_settings):

@@ -3,6 +3,10 @@
 A head type is one module file with SETTINGS, a build function and a `Component`; registering it is one line
 below. Its config is `HEADS.config(type, **settings)`, placed under config.model.heads with `models.set_head`.
 """
+from typing import Any
+
+import ml_collections
+
 from ctxseg_jax import settings
 from ctxseg_jax.models.heads import encnet, fcn, linear
 from ctxseg_jax.models.segmentor import INPUT_TRANSFORMS
@@ -24,3 +28,11 @@ HEADS = Registry('head', 'type', {
     'enc': encnet.COMPONENT,
     'linear': linear.COMPONENT,
 }, common=WIRING)
+
+
+def aux_fcn_head(**overrides: Any) -> ml_collections.ConfigDict:
+  """The training-only auxiliary FCNHead on stage 3 (mmseg and PyTorch-Encoding): one 3x3 conv 256 wide, no input
+  concat, dropout 0.1, publishing 'aux_logits'."""
+  defaults = dict(reads=(2,), train_only=True, outputs=('aux_logits',), channels=256, num_convs=1,
+                  concat_input=False)
+  return HEADS.config('fcn', **{**defaults, **overrides})

@@ -29,7 +29,6 @@ since vCPUs that share a physical core add little throughput.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
@@ -170,13 +169,6 @@ def bench_config(root: str):
   return config, set_here
 
 
-def _grain_applies() -> dict[str, bool]:
-  """Which of the mmseg extras the grain augmentation takes (it may not implement them yet)."""
-  from ctxseg_jax.data import transforms
-  names = {f.name for f in dataclasses.fields(transforms.TrainAugment)}
-  return {key: key in names for key in ('cat_max_ratio', 'photometric_distortion')}
-
-
 def run_child(workers: int, root: str, batch: int, warmup: int, batches: int, repeats: int) -> dict[str, Any]:
   """Times the grain loader with `workers` worker processes in this process."""
   from absl import flags
@@ -205,7 +197,7 @@ def run_child(workers: int, root: str, batch: int, warmup: int, batches: int, re
           'min_images_per_s': float(np.min(rates)), 'max_images_per_s': float(np.max(rates)), 'rates': rates,
           'startup_s': startup_s, 'batch_shape': shape, 'set_by_bench': set_here,
           'cat_max_ratio': config.data.cat_max_ratio, 'photometric_distortion': config.data.photometric_distortion,
-          'augment_applies': _grain_applies()}
+          'resize_antialias': config.data.resize_antialias}
 
 
 def _spawn(workers: int, args: argparse.Namespace, root: str) -> dict[str, Any]:

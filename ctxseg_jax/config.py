@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from ctxseg_jax import inference, losses, models
+from ctxseg_jax import inference, losses, metrics, models
 from ctxseg_jax.losses import TERMS
 from ctxseg_jax.models.backbones import BACKBONES
 from ctxseg_jax.models.heads import HEADS, aux_fcn_head
@@ -118,7 +118,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 _CHOICES = {
-    'eval.miou_convention': ('present', 'all'),
+    'eval.miou_convention': metrics.MIOU_CONVENTIONS,
     'eval.mode': inference.MODES,
 }
 _POSITIVE = ('train.steps', 'train.batch_size', 'train.log_every', 'train.checkpoint_every',

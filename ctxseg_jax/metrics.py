@@ -61,6 +61,9 @@ class ConfusionAccumulator:
     return self._host_total.copy()
 
 
+MIOU_CONVENTIONS = ('present', 'all')
+
+
 def segmentation_metrics(confusion: np.ndarray, class_names: Sequence[str],
                          miou_convention: str = 'present') -> dict[str, float]:
   """Metrics in percent from a (K, K) confusion matrix (rows ground truth, columns prediction).

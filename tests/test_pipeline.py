@@ -113,16 +113,16 @@ def test_eval_pass_covers_every_sample_once_with_ignore_padding(data_config):
 ])
 def test_train_rescale_long_side_or_mmseg_keep_ratio_scale(monkeypatch, shape, base_short_side, expected):
   sizes = []
-  real_resize = transforms.resize
+  real_resize = transforms.resize_label
 
   caller = threading.get_ident()
 
-  def spy(image, label, size, antialias):
+  def spy(label, size):
     if threading.get_ident() == caller:  # not the prefetch threads of iterators from other tests
       sizes.append(tuple(size))
-    return real_resize(image, label, size, antialias)
+    return real_resize(label, size)
 
-  monkeypatch.setattr(transforms, 'resize', spy)
+  monkeypatch.setattr(transforms, 'resize_label', spy)
   augment = transforms.TrainAugment(base_size=2048, ratio_range=(1.0, 1.0), crop_size=(64, 64), flip=False,
                                     image_pad_value=0, base_short_side=base_short_side)
   sample = {'image': np.zeros((*shape, 3), np.uint8), 'label': np.zeros(shape, np.uint8)}

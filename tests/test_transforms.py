@@ -153,6 +153,32 @@ def test_upscaling_agrees_between_the_two_modes():
     assert np.abs(pil - transforms.resize_image(image, size, antialias=False)).max() <= 1
 
 
+@pytest.mark.parametrize('size', [(23, 41), (7, 9), (11, 17)])  # enlarge, shrink, identity
+def test_resize_linear_window_is_exactly_that_part_of_the_whole_resize(size):
+  image = np.random.default_rng(7).integers(0, 256, (11, 17, 3), dtype=np.uint8)
+  whole = transforms.resize_linear(image, size)
+  for rows, cols in [(slice(0, 5), slice(3, 9)), (slice(size[0] - 4, size[0]), slice(0, size[1])),
+                     (slice(2, 3), slice(size[1] - 1, size[1]))]:
+    np.testing.assert_array_equal(transforms.resize_linear(image, size, (rows, cols)), whole[rows, cols])
+
+
+def test_train_crop_of_the_windowed_resize_equals_cropping_the_whole_resize():
+  rng = np.random.default_rng(8)
+  sample = {'image': rng.integers(0, 256, (30, 40, 3), dtype=np.uint8),
+            'label': rng.integers(0, 4, (30, 40), dtype=np.uint8)}
+  augment = _augment(base_size=40, ratio_range=(1.5, 1.5), crop_size=(16, 20), flip=False,
+                     resize_antialias=False, cat_max_ratio=0.75)
+  for seed in range(4):
+    out = augment.random_map(sample, np.random.default_rng(seed))
+    label = transforms.resize_label(sample['label'], (45, 60))
+    draws = np.random.default_rng(seed)
+    draws.uniform(1.5, 1.5)  # random_map draws the ratio first, then the crop
+    top, left = transforms.crop_with_cat_max_ratio(label, (16, 20), 0.75, draws)
+    whole = transforms.resize_linear(sample['image'], (45, 60))
+    np.testing.assert_array_equal(out['image'], whole[top:top + 16, left:left + 20])
+    np.testing.assert_array_equal(out['label'], label[top:top + 16, left:left + 20])
+
+
 @pytest.mark.parametrize('antialias', [True, False])
 def test_resize_antialias_chooses_the_image_resize_of_train_augment_and_eval(antialias):
   image, label = _stripes(30, 48), np.tile((np.arange(48) % 7).astype(np.uint8), (30, 1))

@@ -18,8 +18,12 @@ from ctxseg_jax.models.layers.resize import linear_taps
 IGNORE = IGNORE_INDEX
 
 
-def resize_linear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_linear(image: np.ndarray, size: tuple[int, int],
+                  window: tuple[slice, slice] | None = None) -> np.ndarray:
   """Bilinear resize without antialiasing, like OpenCV's INTER_LINEAR (mmseg): uint8 (H, W, C) -> (height, width, C).
+
+  With `window` (rows, columns of the (height, width) output), only that part of the output is computed: exactly
+  `resize_linear(image, size)[window]`, at the cost of the window alone (a training crop of an enlarged image).
 
   Separable: along each axis, output pixel dst mixes the two source pixels around
   src = (dst + 0.5) * in / out - 0.5, clamped at 0 and at the last index, with weights 1 - frac and frac
@@ -30,11 +34,13 @@ def resize_linear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   (OpenCV's INTER_AREA shortcut) is equal.
   """
   height, width = size
+  window = window or (slice(None), slice(None))
   out = image
-  # Resample the axis that shrinks the intermediate the most first.
+  # Resample the axis that shrinks the intermediate the most first (decided on the whole output, so that a window
+  # is computed in the same order as the whole image).
   axes = (0, 1) if height * image.shape[1] <= image.shape[0] * width else (1, 0)
   for axis in axes:
-    lo, hi, frac = linear_taps(out.shape[axis], size[axis], align_corners=False)
+    lo, hi, frac = (taps[window[axis]] for taps in linear_taps(image.shape[axis], size[axis], align_corners=False))
     frac = frac.reshape((-1,) + (1,) * (out.ndim - 1 - axis))
     low = np.take(out, lo, axis).astype(np.float32)
     out = np.take(out, hi, axis).astype(np.float32)
@@ -56,22 +62,17 @@ def resize_image(image: np.ndarray, size: tuple[int, int], antialias: bool) -> n
   return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
 
 
-def resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int],
-           antialias: bool) -> tuple[np.ndarray, np.ndarray]:
-  """Resizes a uint8 (H, W, 3) image and its (H, W) label to (height, width): the image with `resize_image`, the
-  label with PIL's NEAREST in either mode.
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Resizes a uint8 (H, W) label to (height, width) with PIL's NEAREST.
 
   PIL's NEAREST takes src = floor((dst + 0.5) * in / out) (the lower pixel where that is an exact integer), the
   pixel whose centre is nearest, so labels stay aligned with the half-pixel image resize in both modes. OpenCV's
   INTER_NEAREST (mmseg's labels) takes floor(dst * in / out), half an output pixel up-left of that; this shift is
   not reproduced.
   """
-  height, width = size
-  if image.shape[:2] == (height, width):
-    return image, label
-  image = resize_image(image, size, antialias)
-  label = np.asarray(Image.fromarray(label).resize((width, height), Image.NEAREST))
-  return image, label
+  if label.shape == tuple(size):
+    return label
+  return np.asarray(Image.fromarray(label).resize((size[1], size[0]), Image.NEAREST))
 
 
 def pad_image(image: np.ndarray, size: tuple[int, int], value) -> np.ndarray:
@@ -127,7 +128,7 @@ class TrainAugment(grain.transforms.RandomMap):
   whole); cat_max_ratio < 1 re-draws crops dominated by one class (mmseg RandomCrop). Padding goes bottom/right
   (image: image_pad_value, label: ignore), after the flip and the distortion, so padded pixels are never moved
   or distorted. The rescale resamples the image with `resize_image` (resize_antialias: PIL's antialiasing
-  bilinear, else OpenCV-like) and the label nearest (`resize`).
+  bilinear, else OpenCV-like, then computed for the crop window alone) and the label nearest (`resize_label`).
   Output: {'image': uint8 (crop_h, crop_w, 3), 'label': uint8 (crop_h, crop_w)}.
   """
   base_size: int
@@ -148,12 +149,14 @@ class TrainAugment(grain.transforms.RandomMap):
     scale = long_side / max(height, width)
     if self.base_short_side > 0:
       scale = min(scale, max(int(round(self.base_short_side * ratio)), 1) / min(height, width))
-    image, label = resize(image, label, (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1)),
-                          self.resize_antialias)
+    size = (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1))
+    if self.resize_antialias:
+      image = resize_image(image, size, antialias=True)
+    label = resize_label(label, size)
     top, left = crop_with_cat_max_ratio(label, self.crop_size, self.cat_max_ratio, rng)
-    crop_h, crop_w = self.crop_size
-    image = image[top:top + crop_h, left:left + crop_w]
-    label = label[top:top + crop_h, left:left + crop_w]
+    window = (slice(top, top + self.crop_size[0]), slice(left, left + self.crop_size[1]))
+    image = image[window] if self.resize_antialias else resize_linear(image, size, window)
+    label = label[window]
     if self.flip and rng.random() < 0.5:
       image, label = image[:, ::-1], label[:, ::-1]
     image = np.ascontiguousarray(image)

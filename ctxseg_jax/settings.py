@@ -97,7 +97,7 @@ class Component:
     build: (settings ConfigDict, **context) -> the part (a flax Module for models, a function for loss terms).
     settings: the component's own keys.
     outputs: for heads, the names of the outputs the module returns, in order (see models.segmentor).
-    doc: one line shown in error messages and `--help`-like listings.
+    doc: a few words shown beside the name where a config names an unknown component.
   """
   build: Callable[..., Any]
   settings: Settings = dataclasses.field(default_factory=dict)
@@ -159,7 +159,9 @@ class Registry:
     name = config.get(self.key)
     if name not in self.components:
       hint = difflib.get_close_matches(str(name), self.names(), n=1)
-      return [f'config.{prefix}.{self.key}={name!r} is not a known {self.kind}; choose one of {self.names()}'
+      listing = ', '.join(f'{n!r} ({self.components[n].doc})' if self.components[n].doc else repr(n)
+                          for n in self.names())
+      return [f'config.{prefix}.{self.key}={name!r} is not a known {self.kind}; choose one of {listing}'
               + (f' (did you mean {hint[0]!r}?)' if hint else '')]
     component = self.components[name]
     valid = {**self.common, **component.settings}

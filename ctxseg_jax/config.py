@@ -144,10 +144,13 @@ def _pair(config, key: str, errors: list[str], *, positive: bool = True) -> None
     errors.append(f'config.{key}={value!r} must be positive')
 
 
-def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str] = ()) -> None:
-  """Checks every value; raises ConfigError listing each bad key, its value and what is valid."""
+def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str] = (),
+             num_classes: int | None = None) -> None:
+  """Checks every value; raises ConfigError listing each bad key, its value and what is valid. `num_classes`
+  (the dataset's, when known) checks per-class settings."""
   errors: list[str] = models.problems(config.model)
-  errors += losses.problems(config.loss, None if errors else models.head_outputs(config.model, train=True))
+  errors += losses.problems(config.loss, None if errors else models.head_outputs(config.model, train=True),
+                            num_classes)
   errors += _lr_mult_problems(config.optim.lr_mults)
   choices_by_key = dict(_CHOICES)
   if known_datasets:

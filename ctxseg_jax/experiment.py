@@ -66,7 +66,10 @@ class Experiment:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  config_lib.validate(config, known_datasets=datasets.DATASETS)
+  """config.validate with the known datasets and, when the dataset is known, its number of classes."""
+  known = config.data.name in datasets.DATASETS
+  config_lib.validate(config, known_datasets=datasets.DATASETS,
+                      num_classes=datasets.dataset_info(config.data).num_classes if known else None)
 
 
 def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Experiment:

@@ -1,4 +1,4 @@
-"""The one path from images to class scores, used by the eval step, `--mode summary`'s FLOP count and predict.
+"""The one path from images to class scores: the eval step, `--mode summary`'s FLOP count and Experiment.predict.
 
 `predict_logits` normalises uint8 images, runs the inference model (training-only heads absent) and returns
 logits at the input resolution, computed as `config.eval.mode` says. `logits_at_original_size` then takes each

@@ -36,11 +36,10 @@ def _is_str_tuple(value: Any) -> bool:
 
 
 INT_TUPLE = Rule('must be a tuple of integers, e.g. "(1, 2, 3)"', _is_int_tuple)
-NON_EMPTY_INT_TUPLE = Rule('must be a non-empty tuple of integers, e.g. "(3,)"',
-                           lambda v: _is_int_tuple(v) and len(v) > 0)
 STR_TUPLE = Rule('must be a tuple of names, e.g. "(\'logits\',)"', _is_str_tuple)
-NUMBER_TUPLE = Rule('must be a tuple of numbers, e.g. "(1.0, 0.5)"',
-                    lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, (int, float)) for x in v))
+WEIGHT_TUPLE = Rule('must be a tuple of numbers >= 0, e.g. "(1.0, 0.5)"',
+                    lambda v: isinstance(v, (tuple, list)) and all(
+                        isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in v))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,21 +58,25 @@ class Setting:
   rule: Rule | None = None
 
   def problem(self, key: str, value: Any) -> str | None:
-    """A message naming `key`, its value and what is valid, or None when the value is fine."""
+    """A message naming `key`, its value, what is valid and what the key means, or None when the value is fine."""
     if self.choices and value not in self.choices:
       hint = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=1)
-      return (f'config.{key}={value!r} is not valid; choose one of {list(self.choices)}'
-              + (f' (did you mean {hint[0]!r}?)' if hint else ''))
-    if not _same_kind(self.default, value):
-      return f'config.{key}={value!r} must be a {type(self.default).__name__} like the default {self.default!r}'
-    if self.rule is not None:
-      try:
-        holds = self.rule.holds(value)
-      except TypeError:
-        holds = False
-      if not holds:
-        return f'config.{key}={value!r} {self.rule.description}'
-    return None
+      message = (f'config.{key}={value!r} is not valid; choose one of {list(self.choices)}'
+                 + (f' (did you mean {hint[0]!r}?)' if hint else ''))
+    elif not _same_kind(self.default, value):
+      message = f'config.{key}={value!r} must be a {type(self.default).__name__} like the default {self.default!r}'
+    elif self.rule is not None and not _holds(self.rule, value):
+      message = f'config.{key}={value!r} {self.rule.description}'
+    else:
+      return None
+    return f'{message}. {key.rsplit(".", 1)[-1]}: {self.help}' if self.help else message
+
+
+def _holds(rule: Rule, value: Any) -> bool:
+  try:
+    return bool(rule.holds(value))
+  except TypeError:
+    return False
 
 
 def _same_kind(default: Any, value: Any) -> bool:

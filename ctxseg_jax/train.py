@@ -132,16 +132,25 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
 
 
 def _check_resumable(checkpointer: Checkpointer, config: ml_collections.ConfigDict) -> None:
-  """The grain iterator's saved state only fits a pipeline with the same number of worker processes."""
+  """What the saved optimizer and data-iterator states need of the config: the same LR groups (the optimizer state
+  is grouped by them) and, for grain's iterator state, the same number of worker processes."""
   saved = checkpointer.saved_config(checkpointer.latest_step())
-  if saved.get('data', {}).get('loader', 'grain') != 'grain':
-    raise ConfigError(f'the checkpoint in {checkpointer.directory} was written by the tf.data loader, whose data '
-                      'iterator state grain cannot resume; evaluate it with --mode eval, or train in a new workdir')
-  saved_workers = saved.get('data', {}).get('worker_count')
+  saved_data, saved_optim = saved.get('data', {}), saved.get('optim', {})
+  where = f'the checkpoint in {checkpointer.directory}'
+  if saved_data.get('loader', 'grain') != 'grain':
+    raise ConfigError(f'{where} was written by the tf.data loader, whose data iterator state grain cannot resume; '
+                      'evaluate it with --mode eval, or train in a new workdir')
+  if 'lr_mults' not in saved_optim:
+    raise ConfigError(f'{where} was written before optimizer groups were set by config.optim.lr_mults, so its '
+                      'optimizer state cannot be resumed; evaluate it with --mode eval, or train in a new workdir')
+  saved_mults = [list(entry) for entry in saved_optim['lr_mults']]
+  if saved_mults != [list(entry) for entry in config.optim.lr_mults]:
+    raise ConfigError(f'{where} was written with config.optim.lr_mults={saved_mults}; the optimizer state is grouped '
+                      f'by them: resume with --config.optim.lr_mults="{tuple(map(tuple, saved_mults))}"')
+  saved_workers = saved_data.get('worker_count')
   if saved_workers is not None and saved_workers != config.data.worker_count:
-    raise ConfigError(f'the checkpoint in {checkpointer.directory} was written with config.data.worker_count='
-                      f'{saved_workers}; resume with --config.data.worker_count={saved_workers} (the data iterator '
-                      f'state depends on it)')
+    raise ConfigError(f'{where} was written with config.data.worker_count={saved_workers}; resume with '
+                      f'--config.data.worker_count={saved_workers} (the data iterator state depends on it)')
 
 
 def _duration(seconds: float) -> str:

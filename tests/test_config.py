@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from ctxseg_jax import config as config_lib
-from ctxseg_jax import experiment
+from ctxseg_jax import experiment, summary
 from tests.shipped_configs import CONFIGS, ROOT, load
 
 
@@ -47,7 +47,8 @@ def test_paper_configs_pair_encnet_with_its_fcn_baseline():
 def test_inference_head_reading_a_training_only_output_is_refused():
   config = config_lib.base_config()
   config.model.heads.decode_head.reads_outputs = ('aux_logits',)
-  with pytest.raises(config_lib.ConfigError, match='runs at inference but reads \'aux_logits\', a training-only output'):
+  with pytest.raises(config_lib.ConfigError, match="runs at inference but reads 'aux_logits', which exists only in "
+                                                   'training'):
     experiment.validate_config(config)
 
 
@@ -75,9 +76,9 @@ def test_typo_in_config_file_names_the_key():
     ('model.heads.decode_head.dropout', 1.0, 'config.model.heads.decode_head.dropout=1.0 must be in [0, 1)'),
     ('model.heads.decode_head.reads', (4,), "reads=(4,): backbone 'resnet' has stages 0..3"),
     ('model.heads.decode_head.dropout_mode', 'spatial', "dropout_mode='spatial' is not valid"),
-    ('model.heads.decode_head.train_only', True, 'no inference head publishes "logits"'),
+    ('model.heads.decode_head.train_only', True, 'no enabled inference head publishes "logits"'),
     ('model.heads.aux_head.reads_outputs', ('se_logits',), "reads_outputs names 'se_logits', which no"),
-    ('model.heads.aux_head.outputs', ('logits',), "'logits' is already published by another head"),
+    ('model.heads.aux_head.outputs', ('logits',), "'logits' is already published by head 'aux_head'"),
     ('model.backbone.depth', 102, "config.model.backbone.depth=102 is not valid; choose one of [18, 34, 50, 101, 152]"),
     ('optim.lr_mults', (('(', 10.0),), "config.optim.lr_mults pattern '(' is not a valid regex"),
     ('optim.lr_mults', ((10.0, 'x'),), 'must be (regex, multiplier >= 0)'),
@@ -116,3 +117,66 @@ def test_cli_rejects_invalid_value_before_running():
 def test_cli_rejects_mistyped_value():
   result = _cli('--config', 'configs/demo.py', '--config.train.steps=abc')
   assert result.returncode != 0 and 'train.steps' in result.stderr and 'Traceback' not in result.stderr
+
+
+def _problems(config):
+  with pytest.raises(config_lib.ConfigError) as error:
+    experiment.validate_config(config)
+  return str(error.value)
+
+
+def test_an_output_a_head_does_not_return_with_its_settings_cannot_be_read():
+  config = load('configs/demo.py')
+  config.model.heads.decode_head.se_head = False  # EncHead then returns no se_logits
+  assert "config.loss.terms.se.output='se_logits' is not an output of the model" in _problems(config)
+  config.loss.terms.se.weight = 0.0  # the term is left out: valid
+  experiment.validate_config(config)
+
+
+def test_a_head_is_left_out_with_enabled_false_and_its_term_with_weight_zero():
+  config = load('configs/demo.py')
+  config.model.heads.aux_head.enabled = False
+  assert "config.loss.terms.aux.output='aux_logits' is not an output of the model" in _problems(config)
+  config.loss.terms.aux.weight = 0.0
+  experiment.validate_config(config)
+  with_aux = summary.parameter_counts(load('configs/demo.py'))
+  without = summary.parameter_counts(config)
+  aux_head = (3 * 3 * 64 * 32 + 2 * 32) + (32 * 8 + 8)  # 3x3 ConvModule on stage 3 (64 ch) -> 32, 1x1 -> 8
+  assert with_aux['params_total'] - without['params_total'] == aux_head
+  assert with_aux['params_inference'] == without['params_inference']
+
+
+def test_a_loss_with_no_positive_weight_is_refused():
+  config = config_lib.base_config()
+  config.loss.terms.ce.weight = 0.0
+  config.loss.terms.aux.weight = 0.0
+  assert 'no term has a weight > 0, so there is nothing to train' in _problems(config)
+
+
+def test_class_weights_need_one_weight_per_class_of_the_dataset():
+  config = config_lib.base_config()  # synthetic_context: 8 classes
+  config.loss.terms.ce.class_weight = (1.0, 2.0)
+  assert 'config.loss.terms.ce.class_weight has 2 entries; the dataset has 8 classes' in _problems(config)
+  config.loss.terms.ce.class_weight = (1.0,) * 7 + (-1.0,)
+  assert 'must be a tuple of numbers >= 0' in _problems(config)
+  config.loss.terms.ce.class_weight = (1.0,) * 8
+  experiment.validate_config(config)
+
+
+@pytest.mark.parametrize('head, key, value, fragment', [
+    ('aux_head', 'reads', (1, 2), "the 'fcn' head with these settings takes 1 feature map(s); reads=(1, 2)"),
+    ('decode_head', 'reads_outputs', ('aux_logits',), "the 'fcn' head takes 0 output(s) of earlier heads"),
+    ('aux_head', 'outputs', ('stage_features',), "'stage_features' is reserved for the backbone's stage outputs"),
+])
+def test_head_inputs_and_outputs_are_checked_before_running(head, key, value, fragment):
+  config = config_lib.base_config()
+  config.model.heads[head][key] = value
+  assert fragment in _problems(config)
+
+
+def test_lateral_enc_head_needs_three_stages():
+  config = load('configs/encnet_pcontext.py')
+  config.model.heads.decode_head.reads = (3,)
+  assert "the 'enc' head with these settings takes 3 feature map(s)" in _problems(config)
+  config.model.heads.decode_head.lateral = False
+  experiment.validate_config(config)

@@ -150,3 +150,21 @@ def test_class_weights_match_the_references(reduction):
   total, _ = make_loss(config, ignore_index=IGNORE)({'logits': jnp.asarray(logits, jnp.float32)},
                                                      {'label': jnp.asarray(labels)}, 0, jax.random.key(0))
   np.testing.assert_allclose(float(total), float(got), rtol=1e-6)
+
+
+def test_a_term_before_its_start_step_is_not_computed_so_it_cannot_poison_the_loss():
+  rng = np.random.default_rng(7)
+  labels = jnp.asarray(rng.integers(0, 3, size=(2, 8, 8)))
+  logits = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+  config = loss_config(ce=TERMS.config('cross_entropy'),
+                       aux=TERMS.config('cross_entropy', output='aux_logits', weight=0.5, start_step=10))
+  loss_fn = make_loss(config, ignore_index=IGNORE)
+
+  def total(aux_logits, step):
+    return loss_fn({'logits': logits, 'aux_logits': aux_logits}, {'label': labels}, step, jax.random.key(0))[0]
+
+  poisoned = jnp.full_like(logits, jnp.nan)  # a term that is not finite yet
+  value, grad = jax.jit(jax.value_and_grad(total))(poisoned, jnp.int32(9))
+  np.testing.assert_allclose(float(value), float(pixel_cross_entropy(logits, labels, IGNORE)), rtol=1e-6)
+  assert np.all(np.asarray(grad) == 0)
+  assert np.isnan(float(jax.jit(total)(poisoned, jnp.int32(10))))  # from its start step on, it counts

@@ -7,6 +7,7 @@ import pytest
 
 from ctxseg_jax import experiment, parallel, reporting, train
 from ctxseg_jax.checkpoints import Checkpointer
+from ctxseg_jax.config import ConfigError
 from ctxseg_jax.data import datasets, pipeline
 from ctxseg_jax.evaluate import evaluate
 from ctxseg_jax.progress import NonFiniteLossError
@@ -113,6 +114,10 @@ def test_resume_with_another_worker_count_is_refused(uninterrupted, tmp_path):
   config.train.steps = 6
   config.data.worker_count = 1
   with pytest.raises(Exception, match='worker_count=0'):
+    train.train(config, tmp_path, devices=jax.devices()[:1])
+  config.data.worker_count = 0
+  config.optim.lr_mults = (('^(?!backbone/)', 10.0),)  # another grouping of the optimizer state
+  with pytest.raises(ConfigError, match=r'written with config.optim.lr_mults=\[\]; the optimizer state is grouped'):
     train.train(config, tmp_path, devices=jax.devices()[:1])
 
 

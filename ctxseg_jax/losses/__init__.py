@@ -7,6 +7,7 @@ logged as 'loss_<name>' (weighted) and their scalars as '<name>/<scalar>'.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -25,8 +26,8 @@ WEIGHTING = {
     'output': Setting('logits', 'the model output the term reads'),
     'weight': Setting(1.0, 'multiplier of the term in the total; 0 leaves the term out',
                       rule=settings.NON_NEGATIVE),
-    'start_step': Setting(0, 'the weight is 0 before this step (ContrastiveSeg starts its contrast term at 5000)',
-                          rule=settings.NON_NEGATIVE),
+    'start_step': Setting(0, 'the term counts (and is computed) from this step on (ContrastiveSeg starts its '
+                          'contrast term at 5000)', rule=settings.NON_NEGATIVE),
 }
 
 TERMS = Registry('loss term', 'type', {
@@ -47,19 +48,25 @@ def set_term(loss: ml_collections.ConfigDict, name: str, term: ml_collections.Co
   settings.set_entry(loss.terms, name, term)
 
 
-def problems(loss: ml_collections.ConfigDict, train_outputs: list[str] | None,
+def problems(loss: ml_collections.ConfigDict, train_outputs: list[str] | None, num_classes: int | None = None,
              prefix: str = 'loss') -> list[str]:
-  """Every problem of config.loss, given the names of the outputs the model publishes in training (None: not
-  known, e.g. because the model config has problems of its own; outputs are then not checked)."""
+  """Every problem of config.loss, given the names of the outputs the model publishes in training and the number
+  of classes (None: not known, e.g. because the model config has problems of its own; then not checked)."""
   errors = []
   for name, term in loss.terms.items():
+    key = f'config.{prefix}.terms.{name}'
     term_errors = TERMS.problems(f'{prefix}.terms.{name}', term)
-    if not term_errors and train_outputs is not None and term.output not in train_outputs:
-      term_errors.append(f'config.{prefix}.terms.{name}.output={term.output!r} is not an output of the model; '
-                         f'its outputs in training are {train_outputs}')
+    if not term_errors and term.weight > 0 and train_outputs is not None and term.output not in train_outputs:
+      term_errors.append(f'{key}.output={term.output!r} is not an output of the model; its outputs in training '
+                         f'are {train_outputs} (or set {key}.weight=0 to leave the term out)')
+    class_weight = term.get('class_weight', ())
+    if not term_errors and num_classes is not None and class_weight and len(class_weight) != num_classes:
+      term_errors.append(f'{key}.class_weight has {len(class_weight)} entries; the dataset has {num_classes} '
+                         'classes')
     errors += term_errors
-  if not loss.terms:
-    errors.append(f'config.{prefix}.terms is empty: the loss needs at least one term')
+  if not any(term.weight > 0 for term in loss.terms.values()):
+    errors.append(f'config.{prefix}.terms: no term has a weight > 0, so there is nothing to train '
+                  f'(terms: {list(loss.terms)})')
   return errors
 
 
@@ -79,11 +86,15 @@ def make_loss(loss: ml_collections.ConfigDict, *, ignore_index: int) -> LossFn:
   def loss_fn(outputs: Outputs, batch: Batch, step: jax.Array, key: jax.Array):
     logs = {}
     for index, name, term, fn in terms:
-      value, scalars = fn(outputs, batch, step, jax.random.fold_in(key, index))
-      weight = term.weight
+      evaluate = functools.partial(fn, outputs, batch, step, jax.random.fold_in(key, index))
       if term.start_step > 0:
-        weight = jnp.where(step >= term.start_step, weight, 0.0)
-      logs[f'loss_{name}'] = weight * value
+        # Before its start step the term is not computed at all (lax.cond runs one branch), so neither its value
+        # nor its gradient can turn the total non-finite.
+        zeros = lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(evaluate))  # noqa: E731
+        value, scalars = jax.lax.cond(step >= term.start_step, evaluate, zeros)
+      else:
+        value, scalars = evaluate()
+      logs[f'loss_{name}'] = term.weight * value
       logs.update({f'{name}/{k}': v for k, v in scalars.items()})
     total = sum(logs[f'loss_{name}'] for _, name, _, _ in terms)
     return total, logs

@@ -56,7 +56,7 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int,
 SETTINGS = {
     'reduction': Setting('valid', "'valid': mean over non-ignored pixels (PyTorch-Encoding, HRNet); 'all': mean "
                          'over all pixels, ignored ones count 0 (mmseg avg_non_ignore=False)', choices=REDUCTIONS),
-    'class_weight': Setting((), 'per-class weights (K of them); () for none', rule=settings.NUMBER_TUPLE),
+    'class_weight': Setting((), 'per-class weights (K of them, >= 0); () for none', rule=settings.WEIGHT_TUPLE),
 }
 
 

@@ -38,34 +38,45 @@ def set_head(model: ml_collections.ConfigDict, name: str, head: ml_collections.C
   settings.set_entry(model.heads, name, head)
 
 
-def running_order(heads: ml_collections.ConfigDict) -> list[str]:
-  """Head names in the order they run: inference heads first, then training-only ones; a head after every head
-  whose outputs it reads; otherwise by name. (A ConfigDict keeps its keys sorted, so the order is derived.)
+def enabled_heads(heads: ml_collections.ConfigDict) -> list[str]:
+  """The names of the heads that are part of the model (`enabled`)."""
+  return [name for name, head in heads.items() if head.enabled]
 
-  Raises ValueError when heads read each other's outputs in a cycle or read an output no head publishes.
+
+def running_order(heads: ml_collections.ConfigDict) -> list[str]:
+  """Enabled head names in the order they run: inference heads first, then training-only ones; a head after every
+  head whose outputs it reads; otherwise by name. (A ConfigDict keeps its keys sorted, so the order is derived.)
+
+  Raises ValueError when heads read each other's outputs in a cycle or read an output no enabled head publishes.
   """
-  publisher = {output: name for name, head in heads.items() for output in head.outputs}
-  pending = sorted(heads.keys(), key=lambda name: (heads[name].train_only, name))
+  names = enabled_heads(heads)
+  publisher = {output: name for name in names for output in heads[name].outputs}
+  pending = sorted(names, key=lambda name: (heads[name].train_only, name))
   order: list[str] = []
   while pending:
     ready = next((name for name in pending
                   if all(publisher.get(output) in order for output in heads[name].reads_outputs)), None)
     if ready is None:
-      raise ValueError(f'heads {pending} read each other\'s outputs in a cycle, or outputs no head publishes '
-                       f'(published: {sorted(publisher)})')
+      raise ValueError(f'heads {pending} read each other\'s outputs in a cycle, or outputs no enabled head '
+                       f'publishes (published: {sorted(publisher)})')
     order.append(ready)
     pending.remove(ready)
   return order
 
 
 def head_outputs(model: ml_collections.ConfigDict, *, train: bool) -> list[str]:
-  """The names of the outputs the model publishes when called with `train`."""
-  names = [name for head in model.heads.values() if train or not head.train_only for name in head.outputs]
+  """The names of the outputs the model publishes when called with `train` (STAGE_FEATURES too in training)."""
+  names = []
+  for name in enabled_heads(model.heads):
+    head = model.heads[name]
+    if train or not head.train_only:
+      published = dict(zip(HEADS[head.type].outputs, head.outputs))
+      names += [published[local] for local in HEADS[head.type].outputs_present(head, train=train)]
   return names + [STAGE_FEATURES] if train else names
 
 
 def problems(model: ml_collections.ConfigDict, prefix: str = 'model') -> list[str]:
-  """Every problem of config.model: settings of the backbone and each head, and how the heads are wired."""
+  """Every problem of config.model: settings of the backbone and each head, and how the enabled heads are wired."""
   errors = []
   problem = DTYPE.problem(f'{prefix}.dtype', model.dtype)
   if problem:
@@ -75,49 +86,63 @@ def problems(model: ml_collections.ConfigDict, prefix: str = 'model') -> list[st
     errors += HEADS.problems(f'{prefix}.heads.{name}', head)
   if errors:
     return errors
-  num_stages = len(BACKBONES[model.backbone.name].outputs)
-  all_published = {output for head in model.heads.values() for output in head.outputs}
-  for name, head in model.heads.items():
-    key = f'config.{prefix}.heads.{name}'
-    for output in head.reads_outputs:
-      if output not in all_published:
-        errors.append(f'{key}.reads_outputs names {output!r}, which no head publishes (published: '
-                      f'{sorted(all_published)})')
-  if errors:
-    return errors
-  try:
-    order = running_order(model.heads)
-  except ValueError as e:
-    return [f'config.{prefix}.heads: {e}']
-  published: dict[str, bool] = {}  # output name -> written by a training-only head
-  for name in order:
-    head = model.heads[name]
-    key = f'config.{prefix}.heads.{name}'
-    bad = [i for i in head.reads if not 0 <= i < num_stages]
-    if bad:
-      errors.append(f'{key}.reads={tuple(head.reads)!r}: backbone {model.backbone.name!r} has stages '
-                    f'0..{num_stages - 1}')
-    if not head.reads and not head.reads_outputs:
-      errors.append(f'{key} reads nothing: set reads (backbone stages) or reads_outputs')
-    for output in head.reads_outputs:
-      if published.get(output) and not head.train_only:
-        errors.append(f'{key} runs at inference but reads {output!r}, a training-only output: set '
-                      f'{key}.train_only=True or read an inference output')
+  names = enabled_heads(model.heads)
+  declared: dict[str, str] = {}  # output name -> the head that publishes it
+  for name in names:
+    head, key = model.heads[name], f'config.{prefix}.heads.{name}'
     local = HEADS[head.type].outputs
     if len(head.outputs) != len(local):
       errors.append(f'{key}.outputs={tuple(head.outputs)!r} must name each of the {head.type!r} head\'s outputs '
                     f'{local}, in order')
     for output in head.outputs:
-      if output in published or output == STAGE_FEATURES:
-        errors.append(f'{key}.outputs: {output!r} is already published by another head')
-      published[output] = head.train_only
-  if not errors and published.get('logits', True):
-    errors.append(f'config.{prefix}.heads: no inference head publishes "logits" (heads: {list(model.heads)})')
+      if output == STAGE_FEATURES:
+        errors.append(f'{key}.outputs: {STAGE_FEATURES!r} is reserved for the backbone\'s stage outputs')
+      elif output in declared:
+        errors.append(f'{key}.outputs: {output!r} is already published by head {declared[output]!r}')
+      declared[output] = name
+  for name in names:
+    for output in model.heads[name].reads_outputs:
+      if output not in declared:
+        errors.append(f'config.{prefix}.heads.{name}.reads_outputs names {output!r}, which no enabled head '
+                      f'publishes (published: {sorted(declared)})')
+  if errors:
+    return errors
+  try:
+    running_order(model.heads)
+  except ValueError as e:
+    return [f'config.{prefix}.heads: {e}']
+  num_stages = len(BACKBONES[model.backbone.name].outputs)
+  in_training, at_inference = head_outputs(model, train=True), head_outputs(model, train=False)
+  for name in names:
+    head, key = model.heads[name], f'config.{prefix}.heads.{name}'
+    head_type = HEADS[head.type]
+    if any(not 0 <= i < num_stages for i in head.reads):
+      errors.append(f'{key}.reads={tuple(head.reads)!r}: backbone {model.backbone.name!r} has stages '
+                    f'0..{num_stages - 1}')
+    if not head.reads and not head.reads_outputs:
+      errors.append(f'{key} reads nothing: set reads (backbone stages) or reads_outputs')
+    counts = head_type.feature_counts(head)
+    given = 1 if head.input_transform == 'resize_concat' else len(head.reads)
+    if head.reads and counts is not None and given not in counts:
+      errors.append(f'{key}: the {head.type!r} head with these settings takes {" or ".join(map(str, counts))} '
+                    f'feature map(s); reads={tuple(head.reads)!r} with input_transform='
+                    f'{head.input_transform!r} gives {given}')
+    if len(head.reads_outputs) != head_type.extra_inputs:
+      errors.append(f'{key}.reads_outputs={tuple(head.reads_outputs)!r}: the {head.type!r} head takes '
+                    f'{head_type.extra_inputs} output(s) of earlier heads')
+    for output in head.reads_outputs:
+      if output not in in_training:
+        errors.append(f'{key} reads {output!r}, which its head does not return with these settings')
+      elif not head.train_only and output not in at_inference:
+        errors.append(f'{key} runs at inference but reads {output!r}, which exists only in training: set '
+                      f'{key}.train_only=True or read an inference output')
+  if not errors and 'logits' not in at_inference:
+    errors.append(f'config.{prefix}.heads: no enabled inference head publishes "logits" (heads: {names})')
   return errors
 
 
 def build_model(model: ml_collections.ConfigDict, num_classes: int) -> Segmentor:
-  """Builds the Segmentor described by config.model for `num_classes` classes."""
+  """Builds the Segmentor described by config.model for `num_classes` classes (disabled heads left out)."""
   errors = problems(model)
   if errors:
     raise ValueError('Invalid model config:\n  ' + '\n  '.join(errors))
@@ -126,7 +151,8 @@ def build_model(model: ml_collections.ConfigDict, num_classes: int) -> Segmentor
   dtype = DTYPES[model.dtype]
   heads = tuple(
       HeadSpec(name=name, module=HEADS[head.type].build(head, num_classes=num_classes, dtype=dtype),
-               **{key: _frozen(head[key]) for key in WIRING}, local_outputs=HEADS[head.type].outputs)
+               **{key: _frozen(head[key]) for key in WIRING if key != 'enabled'},
+               local_outputs=HEADS[head.type].outputs)
       for name, head in ((name, model.heads[name]) for name in running_order(model.heads)))
   return Segmentor(backbone=BACKBONES[model.backbone.name].build(model.backbone, dtype=dtype), heads=heads)
 

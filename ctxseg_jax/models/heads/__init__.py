@@ -13,6 +13,8 @@ from ctxseg_jax.models.segmentor import INPUT_TRANSFORMS
 from ctxseg_jax.settings import Registry, Setting
 
 WIRING = {
+    'enabled': Setting(True, 'False leaves the head, and its parameters, out of the model '
+                       '(e.g. --config.model.heads.aux_head.enabled=False with its loss term\'s weight at 0)'),
     'reads': Setting((3,), 'backbone stages read, by index (0 = finest; mmseg in_index)', rule=settings.INT_TUPLE),
     'input_transform': Setting('select', "'select': one array per index (a list for several); 'resize_concat': "
                                'resized to the first one and concatenated (HRNet)', choices=INPUT_TRANSFORMS),

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ctxseg_jax import settings
+from ctxseg_jax.models.heads.base import HeadType
 from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, classifier_dropout, conv_seg
 from ctxseg_jax.models.layers.conv import BN_EPSILON, BN_MOMENTUM, ConvBNReLU
 from ctxseg_jax.models.layers.encoding import Encoding
@@ -99,7 +100,7 @@ class EncHead(nn.Module):
       features = [features]
     *earlier, last = features
     if self.lateral and len(earlier) != 2:
-      raise ValueError(f'EncHead with lateral connections reads three backbone stages (decode_in_index=(1, 2, 3)); '
+      raise ValueError(f'EncHead with lateral connections reads three backbone stages (reads=(1, 2, 3)); '
                        f'got {len(features)} inputs')
     feat = ConvBNReLU(self.channels, 3, dtype=self.dtype, name='bottleneck')(last, train=train)
     if self.lateral:
@@ -137,5 +138,13 @@ def build(config, *, num_classes: int, dtype: Dtype) -> EncHead:
                  dropout_mode=config.dropout_mode, dtype=dtype)
 
 
-COMPONENT = settings.Component(build, SETTINGS, outputs=('logits', 'se_logits'),
-                               doc='EncNet head: Context Encoding Module + SE branch')
+def _present(config, train: bool) -> tuple[str, ...]:
+  return ('logits', 'se_logits') if train and config.se_head else ('logits',)
+
+
+def _feature_counts(config) -> tuple[int, ...] | None:
+  return (3,) if config.lateral else None  # without laterals only the last input is read
+
+
+COMPONENT = HeadType(build, SETTINGS, outputs=('logits', 'se_logits'), present=_present,
+                     feature_counts=_feature_counts, doc='EncNet head: Context Encoding Module + SE branch')

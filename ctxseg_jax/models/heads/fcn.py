@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ctxseg_jax import settings
+from ctxseg_jax.models.heads.base import HeadType
 from ctxseg_jax.models.layers.conv import ConvBNReLU, conv2d
 from ctxseg_jax.settings import Setting
 
@@ -100,4 +101,4 @@ def build(config, *, num_classes: int, dtype: Dtype) -> FCNHead:
                  dropout_mode=config.dropout_mode, dtype=dtype)
 
 
-COMPONENT = settings.Component(build, SETTINGS, outputs=('logits',), doc='mmseg FCNHead')
+COMPONENT = HeadType(build, SETTINGS, outputs=('logits',), doc='mmseg FCNHead')

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ctxseg_jax import settings
+from ctxseg_jax.models.heads.base import HeadType
 from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, classifier_dropout, conv_seg
 
 
@@ -35,4 +35,4 @@ def build(config, *, num_classes: int, dtype: Any) -> LinearHead:
   return LinearHead(num_classes=num_classes, dropout=config.dropout, dropout_mode=config.dropout_mode, dtype=dtype)
 
 
-COMPONENT = settings.Component(build, dict(DROPOUT_SETTINGS), outputs=('logits',), doc='1x1 classifier')
+COMPONENT = HeadType(build, dict(DROPOUT_SETTINGS), outputs=('logits',), doc='1x1 classifier')

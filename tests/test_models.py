@@ -396,3 +396,55 @@ def test_running_order_puts_readers_after_their_sources():
   model_config.heads.aux_head.reads_outputs = ('refined',)
   with pytest.raises(ValueError, match='cycle'):
     models.running_order(model_config.heads)
+
+
+# ------------------------------------------------------------------------------------------------- HRNetV2
+
+def test_hrnet_v2_outputs_four_branches_at_strides_4_to_32():
+  model = build_model(models.model_config(
+      BACKBONES.config('hrnet', width=18),
+      {'decode_head': HEADS.config('linear', reads=(0, 1, 2, 3), input_transform='resize_concat')}), 19)
+  x = jax.ShapeDtypeStruct((2, 512, 1024, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init({'params': _key(0), 'dropout': _key(1)}, x, train=True), x)
+  out, _ = jax.eval_shape(lambda v, x: model.apply(v, x, train=True, rngs={'dropout': _key(2)},
+                                                   mutable=['batch_stats']), variables, x)
+  assert [f.shape for f in out['stage_features']] == [(2, 128, 256, 18), (2, 64, 128, 36), (2, 32, 64, 72),
+                                                     (2, 16, 32, 144)]
+  assert out['logits'].shape == (2, 128, 256, 19)
+  assert variables['params']['decode_head']['conv_seg']['kernel'].shape == (1, 1, 270, 19)  # 18+36+72+144
+
+
+def test_hrnet_fusion_sums_every_branch_into_every_branch():
+  from ctxseg_jax.models.backbones.hrnet import FusionModule
+  from ctxseg_jax.models.backbones.resnet import BasicBlock
+  module = FusionModule(widths=(2, 4, 8), align_corners=True)
+  shapes = [(1, 8, 6, 2), (1, 4, 3, 4), (1, 2, 2, 8)]
+  branches = [jax.random.normal(_key(i), shape) for i, shape in enumerate(shapes)]
+  variables = module.init({'params': _key(5)}, branches, train=False)
+  variables = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(_key(6), v.shape), variables)  # no zero or one
+  fused = module.apply(variables, branches, train=False)
+  params, stats = variables['params'], variables['batch_stats']
+
+  def blocks(i, x):
+    for b in range(4):
+      name = f'branch{i}_{b}'
+      x = BasicBlock(2 * 2**i).apply({'params': params[name], 'batch_stats': stats[name]}, x, train=False)
+    return x
+
+  def conv_bn(name, x, stride):
+    p, s = params[name], stats[name]
+    kernel = p['conv']['kernel']
+    pad = kernel.shape[0] // 2
+    y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return (y - s['bn']['mean']) / jnp.sqrt(s['bn']['var'] + 1e-5) * p['bn']['scale'] + p['bn']['bias']
+
+  b0, b1, b2 = (blocks(i, x) for i, x in enumerate(branches))
+  up = lambda x, size: resize_bilinear(x, size, align_corners=True)  # noqa: E731
+  expected = [
+      b0 + up(conv_bn('fuse0_1', b1, 1), (8, 6)) + up(conv_bn('fuse0_2', b2, 1), (8, 6)),
+      conv_bn('fuse1_0_0', b0, 2) + b1 + up(conv_bn('fuse1_2', b2, 1), (4, 3)),
+      conv_bn('fuse2_0_1', jax.nn.relu(conv_bn('fuse2_0_0', b0, 2)), 2) + conv_bn('fuse2_1_0', b1, 2) + b2,
+  ]
+  for got, want in zip(fused, expected):
+    np.testing.assert_allclose(got, jax.nn.relu(want), rtol=1e-4, atol=1e-5)

@@ -7,9 +7,13 @@ library's model code; the model's count comes from `--mode summary`'s abstract i
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from ctxseg_jax import summary
+from ctxseg_jax.models.backbones import BACKBONES
 from tests.shipped_configs import CONFIGS, load
 
 
@@ -158,3 +162,53 @@ def test_param_count_matches_the_reference_architecture(path):
   assert from_layers == written, f'{name}: {from_layers:,} from the layer list'
   counts = summary.parameter_counts(load(path))
   assert counts['params_total'] == from_layers, f'{name}: ours {counts["params_total"]:,}, reference {from_layers:,}'
+
+
+# ------------------------------------------------------------------------------------------------- HRNetV2
+
+def basic_block(cin: int, planes: int) -> int:
+  """BasicBlock: two 3x3 ConvModules, a 1x1 conv + BN projection when the width changes."""
+  projection = conv_module(cin, planes, 1) if cin != planes else 0
+  return conv_module(cin, planes, 3) + conv_module(planes, planes, 3) + projection
+
+
+def hrnet_v2(width: int) -> int:
+  """HRNet-Semantic-Segmentation HighResolutionNet (W18/W32/W48) without its head: stem, layer1, transitions,
+  stages 2-4 (1, 4, 3 modules of 2, 3, 4 branches, 4 BasicBlocks per branch) and their fuse layers."""
+  total = conv_module(3, 64, 3) + conv_module(64, 64, 3)
+  inplanes = 64
+  for _ in range(4):  # layer1: Bottleneck(64), the first with a projection 64 -> 256
+    total += conv_module(inplanes, 64, 1) + conv_module(64, 64, 3) + conv_module(64, 256, 1)
+    total += conv_module(inplanes, 256, 1) if inplanes != 256 else 0
+    inplanes = 256
+  previous = [256]
+  for num_modules, num_branches in ((1, 2), (4, 3), (3, 4)):
+    channels = [width * 2**i for i in range(num_branches)]
+    for i, c in enumerate(channels):  # transition
+      if i < len(previous):
+        total += conv_module(previous[i], c, 3) if previous[i] != c else 0
+      else:
+        total += conv_module(previous[-1], c, 3)
+    for _ in range(num_modules):
+      total += sum(4 * basic_block(c, c) for c in channels)
+      for i in range(num_branches):  # fuse_layers[i][j]
+        for j in range(num_branches):
+          if j > i:
+            total += conv_module(channels[j], channels[i], 1)
+          elif j < i:
+            total += sum(conv_module(channels[j], channels[i] if k == i - j - 1 else channels[j], 3)
+                         for k in range(i - j))
+    previous = channels
+  return total
+
+
+def test_hrnet_v2_backbones_have_the_reference_parameter_counts():
+  for width in (18, 32, 48):
+    model = BACKBONES['hrnet'].build(BACKBONES.config('hrnet', width=width), dtype=jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init({'params': jax.random.key(0)}, x, train=False),
+                               jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params'])) == hrnet_v2(width), width
+  # HRNetV2-W48 with its segmentation head (1x1 conv 720 -> 720 with bias, BN, 1x1 -> 19 classes): 65.9M in the
+  # HRNetV2 paper's Cityscapes table.
+  with_head = hrnet_v2(48) + conv(720, 720, 1, bias=True) + bn(720) + conv(720, 19, 1, bias=True)
+  assert round(with_head / 1e5) == 659

@@ -8,6 +8,7 @@ Parameter names mirror the PyTorch modules (`layer3_0/conv2` for `layer3.0.conv2
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ctxseg_jax import settings
-from ctxseg_jax.models.layers.conv import ConvBNReLU, batch_norm, conv2d
+from ctxseg_jax.models.layers.conv import KAIMING_FAN_OUT, ConvBNReLU, Initializer, batch_norm, conv2d
 from ctxseg_jax.settings import Setting
 
 Dtype = Any
@@ -104,12 +105,14 @@ class BasicBlock(nn.Module):
     stride: stride of conv1 and of the shortcut projection.
     dilation: dilation of conv1.
     zero_init_last: initialise the last BN scale to 0 (mmseg `zero_init_residual`).
+    kernel_init: initialiser of every conv kernel (HRNet: N(0, 0.001)).
     dtype: compute dtype.
   """
   planes: int
   stride: int = 1
   dilation: int = 1
   zero_init_last: bool = False
+  kernel_init: Initializer = KAIMING_FAN_OUT
   dtype: Dtype = jnp.float32
   expansion: ClassVar[int] = 1
 
@@ -117,11 +120,12 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """(B, H, W, C) -> (B, H / stride, W / stride, planes)."""
     last_scale = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
-    y = conv2d(self.planes, 3, stride=self.stride, dilation=self.dilation, dtype=self.dtype, name='conv1')(x)
+    conv = functools.partial(conv2d, dtype=self.dtype, kernel_init=self.kernel_init)
+    y = conv(self.planes, 3, stride=self.stride, dilation=self.dilation, name='conv1')(x)
     y = nn.relu(batch_norm(train=train, dtype=self.dtype, name='bn1')(y))
-    y = conv2d(self.planes, 3, dtype=self.dtype, name='conv2')(y)
+    y = conv(self.planes, 3, name='conv2')(y)
     y = batch_norm(train=train, dtype=self.dtype, scale_init=last_scale, name='bn2')(y)
-    return nn.relu(y + _shortcut(x, self.planes, self.stride, train, self.dtype))
+    return nn.relu(y + _shortcut(x, self.planes, self.stride, train, self.dtype, self.kernel_init))
 
 
 class Bottleneck(nn.Module):
@@ -132,12 +136,14 @@ class Bottleneck(nn.Module):
     stride: stride of the 3x3 conv and of the shortcut projection.
     dilation: dilation of the 3x3 conv.
     zero_init_last: initialise the last BN scale to 0 (mmseg `zero_init_residual`).
+    kernel_init: initialiser of every conv kernel (HRNet: N(0, 0.001)).
     dtype: compute dtype.
   """
   planes: int
   stride: int = 1
   dilation: int = 1
   zero_init_last: bool = False
+  kernel_init: Initializer = KAIMING_FAN_OUT
   dtype: Dtype = jnp.float32
   expansion: ClassVar[int] = 4
 
@@ -146,20 +152,22 @@ class Bottleneck(nn.Module):
     """(B, H, W, C) -> (B, H / stride, W / stride, 4 * planes)."""
     out_channels = self.planes * self.expansion
     last_scale = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
-    y = conv2d(self.planes, 1, dtype=self.dtype, name='conv1')(x)
+    conv = functools.partial(conv2d, dtype=self.dtype, kernel_init=self.kernel_init)
+    y = conv(self.planes, 1, name='conv1')(x)
     y = nn.relu(batch_norm(train=train, dtype=self.dtype, name='bn1')(y))
-    y = conv2d(self.planes, 3, stride=self.stride, dilation=self.dilation, dtype=self.dtype, name='conv2')(y)
+    y = conv(self.planes, 3, stride=self.stride, dilation=self.dilation, name='conv2')(y)
     y = nn.relu(batch_norm(train=train, dtype=self.dtype, name='bn2')(y))
-    y = conv2d(out_channels, 1, dtype=self.dtype, name='conv3')(y)
+    y = conv(out_channels, 1, name='conv3')(y)
     y = batch_norm(train=train, dtype=self.dtype, scale_init=last_scale, name='bn3')(y)
-    return nn.relu(y + _shortcut(x, out_channels, self.stride, train, self.dtype))
+    return nn.relu(y + _shortcut(x, out_channels, self.stride, train, self.dtype, self.kernel_init))
 
 
-def _shortcut(x: jax.Array, out_channels: int, stride: int, train: bool, dtype: Dtype) -> jax.Array:
+def _shortcut(x: jax.Array, out_channels: int, stride: int, train: bool, dtype: Dtype,
+              kernel_init: Initializer) -> jax.Array:
   """Identity, or 1x1 conv (stride) + BN when the shape changes; must be called from a compact method."""
   if stride == 1 and x.shape[-1] == out_channels:
     return x
-  x = conv2d(out_channels, 1, stride=stride, dtype=dtype, name='downsample_conv')(x)
+  x = conv2d(out_channels, 1, stride=stride, dtype=dtype, kernel_init=kernel_init, name='downsample_conv')(x)
   return batch_norm(train=train, dtype=dtype, name='downsample_bn')(x)
 
 

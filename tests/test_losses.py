@@ -5,8 +5,9 @@ import pytest
 from scipy.special import logsumexp
 
 from ctxseg_jax.losses import TERMS, loss_config, make_loss
-from ctxseg_jax.losses.cross_entropy import pixel_cross_entropy
+from ctxseg_jax.losses.cross_entropy import ohem_cross_entropy, pixel_cross_entropy
 from ctxseg_jax.losses.se_loss import class_presence, se_loss
+from ctxseg_jax.models.layers.resize import resize_bilinear
 
 IGNORE = 255
 
@@ -168,3 +169,51 @@ def test_a_term_before_its_start_step_is_not_computed_so_it_cannot_poison_the_lo
   np.testing.assert_allclose(float(value), float(pixel_cross_entropy(logits, labels, IGNORE)), rtol=1e-6)
   assert np.all(np.asarray(grad) == 0)
   assert np.isnan(float(jax.jit(total)(poisoned, jnp.int32(10))))  # from its start step on, it counts
+
+
+def _reference_ohem(logits, labels, thresh, min_kept, weight=None):
+  """HRNet's OhemCrossEntropy.forward, step by step in numpy."""
+  flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+  log_probs = flat_logits - logsumexp(flat_logits, axis=-1, keepdims=True)
+  mask = flat_labels != IGNORE
+  target = np.where(mask, flat_labels, 0)
+  pixel_losses = -log_probs[np.arange(len(target)), target] * (1.0 if weight is None else np.asarray(weight)[target])
+  pred = np.exp(log_probs[np.arange(len(target)), target])[mask]
+  order = np.argsort(pred, kind='stable')
+  pred = pred[order]
+  threshold = max(pred[min(min_kept, pred.size - 1)], thresh)
+  kept = pixel_losses[mask][order][pred < threshold]
+  return kept.mean()
+
+
+@pytest.mark.parametrize('thresh, min_kept', [(0.7, 10), (0.7, 200), (0.05, 10)])
+def test_ohem_matches_hrnets_algorithm(thresh, min_kept):
+  logits, labels = _problem(8)  # 2 x 5 x 6 pixels, about 42 valid
+  weight = (0.5, 2.0, 1.0, 3.0)
+  got = ohem_cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), IGNORE, thresh=thresh,
+                           min_kept=min_kept, class_weight=weight)
+  np.testing.assert_allclose(float(got), _reference_ohem(logits, labels, thresh, min_kept, weight), rtol=1e-5)
+
+
+def test_ohem_term_selects_per_group_and_averages_the_groups():
+  logits, labels = _problem(9)
+  config = loss_config(ce=TERMS.config('cross_entropy', reduction='ohem', ohem_thresh=0.7, ohem_min_kept=5,
+                                       ohem_group_size=1))
+  total, _ = make_loss(config, ignore_index=IGNORE)({'logits': jnp.asarray(logits, jnp.float32)},
+                                                     {'label': jnp.asarray(labels)}, 0, jax.random.key(0))
+  per_image = [_reference_ohem(logits[i:i + 1], labels[i:i + 1], 0.7, 5) for i in range(2)]
+  np.testing.assert_allclose(float(total), np.mean(per_image), rtol=1e-5)
+  assert abs(np.mean(per_image) - _reference_ohem(logits, labels, 0.7, 5)) > 1e-3  # grouping matters here
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+def test_cross_entropy_resizes_logits_to_the_labels_with_its_corner_convention(align_corners):
+  rng = np.random.default_rng(10)
+  logits = jnp.asarray(rng.normal(size=(2, 3, 4, 3)) * 3, jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 3, size=(2, 9, 12)))
+  config = loss_config(ce=TERMS.config('cross_entropy', align_corners=align_corners))
+  total, _ = make_loss(config, ignore_index=IGNORE)({'logits': logits}, {'label': labels}, 0, jax.random.key(0))
+  expected = pixel_cross_entropy(resize_bilinear(logits, (9, 12), align_corners=align_corners), labels, IGNORE)
+  other = pixel_cross_entropy(resize_bilinear(logits, (9, 12), align_corners=not align_corners), labels, IGNORE)
+  np.testing.assert_allclose(float(total), float(expected), rtol=1e-6)
+  assert abs(float(expected) - float(other)) > 1e-4

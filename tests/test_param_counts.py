@@ -212,3 +212,32 @@ def test_hrnet_v2_backbones_have_the_reference_parameter_counts():
   # HRNetV2 paper's Cityscapes table.
   with_head = hrnet_v2(48) + conv(720, 720, 1, bias=True) + bn(720) + conv(720, 19, 1, bias=True)
   assert round(with_head / 1e5) == 659
+
+
+def hrnet_ocr(width: int, num_classes: int) -> int:
+  """HRNet-OCR's HighResolutionNet: the backbone, aux_head (1x1 conv with bias, BN, 1x1 -> K) on the concatenated
+  stages, conv3x3_ocr (3x3 with bias, BN), the object attention block (f_pixel and f_object: two 1x1 ConvModules
+  each; f_down, f_up: one), conv_bn_dropout (1x1 ConvModule on 2C) and cls_head (1x1 with bias)."""
+  concat = sum(width * 2**i for i in range(4))
+  mid, key = 512, 256
+  aux = conv(concat, concat, 1, bias=True) + bn(concat) + conv(concat, num_classes, 1, bias=True)
+  ocr = (conv(concat, mid, 3, bias=True) + bn(mid)
+         + 2 * (conv_module(mid, key, 1) + conv_module(key, key, 1)) + conv_module(mid, key, 1)
+         + conv_module(key, mid, 1) + conv_module(2 * mid, mid, 1) + conv(mid, num_classes, 1, bias=True))
+  return hrnet_v2(width) + aux + ocr
+
+
+def test_hrnet_ocr_has_the_reference_parameter_count():
+  from ctxseg_jax import models
+  from ctxseg_jax.models.heads import HEADS
+  model_config = models.model_config(BACKBONES.config('hrnet', width=48), {
+      'aux_head': HEADS.config('fcn', reads=(0, 1, 2, 3), input_transform='resize_concat', align_corners=True,
+                               kernel_size=1, num_convs=1, channels=720, concat_input=False, conv_bias=True,
+                               dropout=0.0, outputs=('aux_logits',)),
+      'decode_head': HEADS.config('ocr', reads=(0, 1, 2, 3), input_transform='resize_concat', align_corners=True,
+                                  reads_outputs=('aux_logits',)),
+  })
+  model = models.build_model(model_config, 19)
+  variables = jax.eval_shape(lambda x: model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x,
+                                                  train=False), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params'])) == hrnet_ocr(48, 19) == 70_372_678

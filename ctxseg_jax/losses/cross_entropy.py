@@ -1,6 +1,7 @@
-"""Pixel-wise softmax cross-entropy with an ignore label, in the two reductions the references use."""
+"""Pixel-wise softmax cross-entropy with an ignore label, in the reductions the references use, and OHEM."""
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -10,7 +11,7 @@ from ctxseg_jax import settings
 from ctxseg_jax.models.layers.resize import resize_bilinear
 from ctxseg_jax.settings import Setting
 
-REDUCTIONS = ('valid', 'all')
+REDUCTIONS = ('valid', 'all', 'ohem')
 
 
 def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int, reduction: str = 'valid',
@@ -29,8 +30,8 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int,
   Returns:
     float32 scalar.
   """
-  if reduction not in REDUCTIONS:
-    raise ValueError(f'reduction={reduction!r}; valid: {REDUCTIONS}')
+  if reduction not in ('valid', 'all'):
+    raise ValueError(f'reduction={reduction!r}; valid: (\'valid\', \'all\') (OHEM: ohem_cross_entropy)')
   num_classes = logits.shape[-1]
   logits = logits.astype(jnp.float32)
   labels = labels.astype(jnp.int32)
@@ -53,25 +54,75 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int,
   return per_pixel.mean()
 
 
+def ohem_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int, *, thresh: float, min_kept: int,
+                       class_weight: Sequence[float] | None = None) -> jax.Array:
+  """HRNet's online hard example mining CE (OhemCrossEntropy), computed in float32.
+
+  Among the valid pixels, with p the softmax probability of the ground-truth class, the threshold is
+  max(p sorted ascending at index min(min_kept, n_valid - 1), thresh); the loss is the plain mean of the (class-
+  weighted) pixel losses of the pixels with p below it: the hard pixels, and at least min_kept of them when there
+  are that many.
+
+  Args:
+    logits: (B, H, W, K) at label resolution; labels: int (B, H, W).
+  Returns:
+    float32 scalar (0 when no pixel is kept).
+  """
+  num_classes = logits.shape[-1]
+  logits = logits.astype(jnp.float32)
+  labels = labels.astype(jnp.int32)
+  valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+  safe_labels = jnp.where(valid, labels, 0)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  label_log_prob = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+  per_pixel = -label_log_prob
+  if class_weight is not None and len(class_weight):
+    per_pixel = per_pixel * jnp.asarray(class_weight, jnp.float32)[safe_labels]
+  prob = jax.lax.stop_gradient(jnp.exp(label_log_prob))
+  ranked = jnp.sort(jnp.where(valid, prob, jnp.inf).reshape(-1))
+  index = jnp.clip(jnp.minimum(min_kept, valid.sum() - 1), 0, ranked.shape[0] - 1)
+  threshold = jnp.maximum(ranked[index], thresh)
+  kept = valid & (prob < threshold)
+  return jnp.where(kept, per_pixel, 0.0).sum() / jnp.maximum(kept.sum(), 1).astype(jnp.float32)
+
+
 SETTINGS = {
     'reduction': Setting('valid', "'valid': mean over non-ignored pixels (PyTorch-Encoding, HRNet); 'all': mean "
-                         'over all pixels, ignored ones count 0 (mmseg avg_non_ignore=False)', choices=REDUCTIONS),
+                         "over all pixels, ignored ones count 0 (mmseg avg_non_ignore=False); 'ohem': HRNet's online "
+                         'hard example mining', choices=REDUCTIONS),
     'class_weight': Setting((), 'per-class weights (K of them, >= 0); () for none', rule=settings.WEIGHT_TUPLE),
+    'align_corners': Setting(False, 'corner convention of the resize of the logits to the label size (mmseg: '
+                             'False; HRNet-OCR, PyTorch-Encoding: True)'),
+    'ohem_thresh': Setting(0.9, "reduction='ohem': pixels whose ground-truth probability is below it are kept",
+                           rule=settings.UNIT_INTERVAL),
+    'ohem_min_kept': Setting(131_072, "reduction='ohem': at least this many pixels are kept per group (HRNet "
+                             'OHEMKEEP)', rule=settings.NON_NEGATIVE),
+    'ohem_group_size': Setting(0, "reduction='ohem': images per selection, the loss averaged over groups (HRNet "
+                               'selects per GPU replica: its per-GPU batch); 0: the whole batch',
+                               rule=settings.NON_NEGATIVE),
 }
 
 
 def build(config, *, ignore_index: int):
-  """The term of a cross_entropy config: CE of `config.output` resized bilinearly (align_corners False, as mmseg)
-  to the label size."""
+  """The term of a cross_entropy config: CE of `config.output` resized bilinearly (config.align_corners) to the
+  label size."""
   class_weight = tuple(config.class_weight) or None
 
   def term(outputs, batch, step, key):
     del step, key
     labels = batch['label']
-    logits = resize_bilinear(outputs[config.output], labels.shape[1:3])
-    return pixel_cross_entropy(logits, labels, ignore_index, config.reduction, class_weight), {}
+    logits = resize_bilinear(outputs[config.output], labels.shape[1:3], align_corners=config.align_corners)
+    if config.reduction != 'ohem':
+      return pixel_cross_entropy(logits, labels, ignore_index, config.reduction, class_weight), {}
+    ohem = functools.partial(ohem_cross_entropy, ignore_index=ignore_index, thresh=config.ohem_thresh,
+                             min_kept=config.ohem_min_kept, class_weight=class_weight)
+    group = config.ohem_group_size or labels.shape[0]
+    if labels.shape[0] % group:
+      raise ValueError(f'ohem_group_size={group} does not divide the batch of {labels.shape[0]} images')
+    grouped = lambda x: x.reshape(-1, group, *x.shape[1:])  # noqa: E731
+    return jnp.mean(jax.vmap(ohem)(grouped(logits), grouped(labels))), {}
 
   return term
 
 
-COMPONENT = settings.Component(build, SETTINGS, doc='pixel softmax cross-entropy with ignore index')
+COMPONENT = settings.Component(build, SETTINGS, doc='pixel softmax cross-entropy with ignore index, or OHEM')

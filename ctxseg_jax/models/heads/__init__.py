@@ -8,7 +8,7 @@ from typing import Any
 import ml_collections
 
 from ctxseg_jax import settings
-from ctxseg_jax.models.heads import encnet, fcn, linear
+from ctxseg_jax.models.heads import encnet, fcn, linear, ocr
 from ctxseg_jax.models.segmentor import INPUT_TRANSFORMS
 from ctxseg_jax.settings import Registry, Setting
 
@@ -29,6 +29,7 @@ HEADS = Registry('head', 'type', {
     'fcn': fcn.COMPONENT,
     'enc': encnet.COMPONENT,
     'linear': linear.COMPONENT,
+    'ocr': ocr.COMPONENT,
 }, common=WIRING)
 
 

@@ -53,6 +53,7 @@ class FCNHead(nn.Module):
       input to have `channels` channels, and so does this head).
     concat_input: concat the input with the hidden convs' output and fuse with one more conv.
     kernel_size: kernel of the hidden convs and of the fusion conv (3 in FCN; OCRNet's auxiliary FCN uses 1).
+    conv_bias: the hidden convs have a bias (HRNet-OCR's auxiliary head; mmseg's ConvModules do not).
     dropout: dropout rate before the classifier; 0 disables it.
     dropout_mode: 'channel' (Dropout2d) or 'element' (Dropout).
     dtype: compute dtype.
@@ -62,6 +63,7 @@ class FCNHead(nn.Module):
   num_convs: int = 2
   concat_input: bool = True
   kernel_size: int = 3
+  conv_bias: bool = False
   dropout: float = 0.1
   dropout_mode: str = 'channel'
   dtype: Dtype = jnp.float32
@@ -74,10 +76,12 @@ class FCNHead(nn.Module):
                        f'({x.shape[-1]}) must equal channels ({self.channels})')
     y = x
     for i in range(self.num_convs):
-      y = ConvBNReLU(self.channels, self.kernel_size, dtype=self.dtype, name=f'convs_{i}')(y, train=train)
+      y = ConvBNReLU(self.channels, self.kernel_size, use_bias=self.conv_bias, dtype=self.dtype,
+                     name=f'convs_{i}')(y, train=train)
     if self.concat_input:
       y = jnp.concatenate([x.astype(y.dtype), y], axis=-1)
-      y = ConvBNReLU(self.channels, self.kernel_size, dtype=self.dtype, name='conv_cat')(y, train=train)
+      y = ConvBNReLU(self.channels, self.kernel_size, use_bias=self.conv_bias, dtype=self.dtype,
+                     name='conv_cat')(y, train=train)
     dropout = classifier_dropout(self.dropout, self.dropout_mode, train=train)
     if dropout is not None:
       y = dropout(y)
@@ -90,6 +94,7 @@ SETTINGS = {
     'concat_input': Setting(True, 'concat the input with the convs\' output and fuse (mmseg; PyTorch-Encoding: no)'),
     'kernel_size': Setting(3, 'kernel of the hidden and fusion convs (OCRNet\'s auxiliary FCN: 1)',
                            rule=settings.POSITIVE),
+    'conv_bias': Setting(False, 'biased hidden convs (HRNet-OCR\'s auxiliary head: True; mmseg: False)'),
     **DROPOUT_SETTINGS,
 }
 
@@ -97,7 +102,8 @@ SETTINGS = {
 def build(config, *, num_classes: int, dtype: Dtype) -> FCNHead:
   """The FCNHead of a head config (SETTINGS' keys)."""
   return FCNHead(num_classes=num_classes, channels=config.channels, num_convs=config.num_convs,
-                 concat_input=config.concat_input, kernel_size=config.kernel_size, dropout=config.dropout,
+                 concat_input=config.concat_input, kernel_size=config.kernel_size, conv_bias=config.conv_bias,
+                 dropout=config.dropout,
                  dropout_mode=config.dropout_mode, dtype=dtype)
 
 

@@ -90,6 +90,7 @@ class ConvBNReLU(nn.Module):
     stride: conv stride.
     dilation: conv dilation.
     activate: apply ReLU after BN.
+    use_bias: give the conv a bias (zero-initialised) before the BN, as HRNet-OCR's biased convs have.
     kernel_init: initialiser of the conv kernel (Kaiming fan-out, as mmcv).
     dtype: compute dtype.
   """
@@ -98,13 +99,14 @@ class ConvBNReLU(nn.Module):
   stride: int = 1
   dilation: int = 1
   activate: bool = True
+  use_bias: bool = False
   kernel_init: Initializer = KAIMING_FAN_OUT
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """(B, H, W, C_in) -> (B, H', W', features) in `dtype`."""
-    x = conv2d(self.features, self.kernel_size, stride=self.stride, dilation=self.dilation,
+    x = conv2d(self.features, self.kernel_size, stride=self.stride, dilation=self.dilation, use_bias=self.use_bias,
                dtype=self.dtype, kernel_init=self.kernel_init, name='conv')(x)
     x = batch_norm(train=train, dtype=self.dtype, name='bn')(x)
     return nn.relu(x) if self.activate else x

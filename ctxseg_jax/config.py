@@ -47,6 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_split = 'val'
   c.data.base_size = 512              # random rescale is relative to this long side (PTE/HRNet) ...
   c.data.ratio_range = (0.5, 2.0)     # ... times a ratio drawn uniformly from this range
+  c.data.ratio_step = 0.0             # > 0: the ratio is low + step * k, k uniform over the steps that fit (HRNet:
+                                      # 0.5 + k / 10 for k in 0..16, i.e. ratio_range (0.5, 2.1), step 0.1)
   c.data.base_short_side = 0          # > 0: also cap the short side at base_short_side * ratio (mmseg keep-ratio
                                       # scale (base_size, base_short_side), e.g. ADE20K (2048, 512)); 0: long side only
   c.data.crop_size = (512, 512)       # (height, width) of training crops
@@ -124,7 +126,7 @@ _CHOICES = {
 _POSITIVE = ('train.steps', 'train.batch_size', 'train.log_every', 'train.checkpoint_every',
              'train.keep_checkpoints', 'eval.batch_size', 'data.base_size', 'data.synthetic.image_size',
              'data.synthetic.num_train', 'data.synthetic.num_val')
-_NON_NEGATIVE = ('train.eval_every', 'optim.lr', 'optim.weight_decay', 'optim.end_lr', 'optim.warmup_steps',
+_NON_NEGATIVE = ('data.ratio_step', 'train.eval_every', 'optim.lr', 'optim.weight_decay', 'optim.end_lr', 'optim.warmup_steps',
                  'data.worker_count', 'data.base_short_side')
 _UNIT_INTERVAL = ('optim.momentum', 'optim.warmup_ratio')
 

@@ -3,6 +3,8 @@
 pipeline across an Orbax checkpoint."""
 from __future__ import annotations
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -288,3 +290,21 @@ def test_padding_is_added_last_bottom_right_and_never_distorted():
     np.testing.assert_array_equal(out['label'][:20, :24], sample['label'][:, ::-1] if flipped else sample['label'])
     flips += flipped
   assert 0 < flips < 12
+
+
+def test_ratio_step_draws_hrnets_discrete_scales(monkeypatch):
+  sample = {'image': np.zeros((10, 20, 3), np.uint8), 'label': np.zeros((10, 20), np.uint8)}
+  augment = _augment(base_size=20, ratio_range=(0.5, 2.1), ratio_step=0.1, crop_size=(64, 64), flip=False)
+  widths = set()
+  real = transforms.resize_label
+  caller = threading.get_ident()
+
+  def spy(label, size):
+    if threading.get_ident() == caller:  # not the prefetch threads of iterators from other tests
+      widths.add(size[1])
+    return real(label, size)
+
+  monkeypatch.setattr(transforms, 'resize_label', spy)
+  for seed in range(300):
+    augment.random_map(sample, np.random.default_rng(seed))
+  assert widths == {int(round(20 * (0.5 + k / 10))) for k in range(17)}  # 10, 12, ..., 42: all 17 scales

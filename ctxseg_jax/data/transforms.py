@@ -122,7 +122,8 @@ class TrainAugment(grain.transforms.RandomMap):
 
   This is mmseg's order (RandomResize, RandomCrop, RandomFlip, PhotoMetricDistortion, then padding to the crop
   size), and PyTorch-Encoding's up to the order of flip and crop, which commute in distribution. The long side
-  is rescaled to base_size * r, r ~ U(ratio_range), keeping the aspect ratio; with base_short_side > 0 the scale
+  is rescaled to base_size * r, r ~ U(ratio_range) (or, with ratio_step > 0, r = low + ratio_step * k with k
+  uniform over the steps within the range, as HRNet draws 0.5 + k / 10), keeping the aspect ratio; with base_short_side > 0 the scale
   is also capped so that the short side is at most base_short_side * r (mmseg's keep-ratio RandomResize with
   scale (base_size, base_short_side)). The crop is at most crop_size (an image smaller than the crop is taken
   whole); cat_max_ratio < 1 re-draws crops dominated by one class (mmseg RandomCrop). Padding goes bottom/right
@@ -140,10 +141,15 @@ class TrainAugment(grain.transforms.RandomMap):
   cat_max_ratio: float = 1.0
   photometric_distortion: bool = False
   resize_antialias: bool = True
+  ratio_step: float = 0.0
 
   def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
     image, label = sample['image'], sample['label']
-    ratio = rng.uniform(*self.ratio_range)
+    low, high = self.ratio_range
+    if self.ratio_step > 0:
+      ratio = low + self.ratio_step * int(rng.integers(0, int(round((high - low) / self.ratio_step)) + 1))
+    else:
+      ratio = rng.uniform(low, high)
     long_side = max(int(round(self.base_size * ratio)), 1)
     height, width = image.shape[:2]
     scale = long_side / max(height, width)

@@ -16,7 +16,7 @@ import ml_collections
 
 from ctxseg_jax import models
 from ctxseg_jax.config import HEADS_PATTERN
-from ctxseg_jax.data.datasets import pascal_context
+from ctxseg_jax.data.datasets import cityscapes, pascal_context
 from ctxseg_jax.losses import TERMS, set_term
 from ctxseg_jax.models.backbones import BACKBONES
 from ctxseg_jax.models.heads import aux_fcn_head
@@ -82,17 +82,72 @@ def mmseg_ade20k_160k(config: ml_collections.ConfigDict) -> HeadSettings:
   return _r101_d8(config, stem='v1c', dropout_mode='channel')
 
 
-def mmseg_cityscapes_80k(config: ml_collections.ConfigDict) -> HeadSettings:
-  """mmseg R-101-D8, Cityscapes, 512x1024 crops, 80k iterations at batch 8 (see configs/encnet_cityscapes.py)."""
+def _cityscapes_512x1024(config: ml_collections.ConfigDict) -> None:
+  """Cityscapes: the long side rescaled to 2048 x r, 512x1024 crops; evaluated whole at 1024x2048."""
   config.data.name = 'cityscapes'
   config.data.base_size = 2048
-  config.data.ratio_range = (0.5, 2.0)
   config.data.crop_size = (512, 1024)
   config.data.eval_size = (1024, 2048)
-  _mmseg_augmentation(config)
   config.data.eval_scale = (2048, 1024)
+
+
+def mmseg_cityscapes_80k(config: ml_collections.ConfigDict) -> HeadSettings:
+  """mmseg R-101-D8, Cityscapes, 512x1024 crops, 80k iterations at batch 8 (see configs/encnet_cityscapes.py)."""
+  _cityscapes_512x1024(config)
+  config.data.ratio_range = (0.5, 2.0)
+  _mmseg_augmentation(config)
   _mmseg_sgd(config, batch_size=8, steps=80_000, eval_every=8_000)
   return _r101_d8(config, stem='v1c', dropout_mode='channel')
+
+
+def _hrnet_w48(config: ml_collections.ConfigDict, *, align_corners: bool, weight_init: str) -> HeadSettings:
+  """HRNetV2-W48; returns the input settings of heads on its concatenated stages (48 + 96 + 192 + 384 = 720)."""
+  config.model.backbone = BACKBONES.config('hrnet', width=48, align_corners=align_corners, weight_init=weight_init)
+  models.set_head(config.model, 'aux_head', None)
+  return dict(reads=(0, 1, 2, 3), input_transform='resize_concat', align_corners=align_corners)
+
+
+def mmseg_hrnet_cityscapes_160k(config: ml_collections.ConfigDict) -> HeadSettings:
+  """mmseg HRNetV2p-W48 heads, Cityscapes, 512x1024 crops, 160k iterations at batch 8 (see
+  configs/ocrnet_hr48_mmseg_cityscapes.py); returns the input settings of heads on the concatenated stages."""
+  _cityscapes_512x1024(config)
+  config.data.ratio_range = (0.5, 2.0)
+  _mmseg_augmentation(config)
+  _mmseg_sgd(config, batch_size=8, steps=160_000, eval_every=16_000)
+  return _hrnet_w48(config, align_corners=False, weight_init='kaiming')
+
+
+# HRNet-OCR's fixed Cityscapes class weights (lib/datasets/cityscapes.py), used in its cross-entropy.
+CITYSCAPES_CLASS_WEIGHTS = (0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023, 0.9539,
+                            0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
+
+
+def hrnet_ocr_cityscapes(config: ml_collections.ConfigDict, *, epochs: int = 484) -> HeadSettings:
+  """HRNet-OCR's Cityscapes protocol (seg_hrnet_ocr_w48 512x1024, batch 12, `epochs` epochs; see
+  configs/ocrnet_hr48_cityscapes.py); returns the input settings of heads on the concatenated stages."""
+  _cityscapes_512x1024(config)
+  config.data.ratio_range = (0.5, 2.1)  # 0.5 + k / 10, k in 0..16 (SCALE_FACTOR 16)
+  config.data.ratio_step = 0.1
+  config.data.image_pad_value = (0, 0, 0)
+  config.data.cat_max_ratio = 1.0
+  config.data.photometric_distortion = False
+  config.data.resize_antialias = False  # cv2
+  for name, weight in (('ce', 1.0), ('aux', 0.4)):  # BALANCE_WEIGHTS [0.4, 1]
+    set_term(config.loss, name, TERMS.config(
+        'cross_entropy', output='logits' if name == 'ce' else 'aux_logits', weight=weight, reduction='valid',
+        class_weight=CITYSCAPES_CLASS_WEIGHTS, align_corners=True))
+  config.train.batch_size = 12
+  config.train.steps = epochs * (cityscapes.NUM_IMAGES['train'] // config.train.batch_size)  # drop_last: 119,548
+  config.train.eval_every = 12_000
+  config.train.checkpoint_every = 4_000
+  config.optim.lr = 0.01
+  config.optim.lr_mults = ()
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 5e-4
+  config.optim.end_lr = 0.0
+  config.eval.batch_size = 4
+  config.eval.miou_convention = 'all'
+  return _hrnet_w48(config, align_corners=True, weight_init='hrnet')
 
 
 def pytorch_encoding_pcontext(config: ml_collections.ConfigDict, *, epochs: int = 80) -> HeadSettings:

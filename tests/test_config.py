@@ -70,7 +70,7 @@ def test_typo_in_config_file_names_the_key():
 @pytest.mark.parametrize('key, value, fragment', [
     ('model.backbone.stem', 'v1d', "config.model.backbone.stem='v1d' is not valid"),
     ('loss.terms.ce.reduction', 'mean', "config.loss.terms.ce.reduction='mean' is not valid; choose one of "
-                                        "['valid', 'all']"),
+                                        "['valid', 'all', 'ohem']"),
     ('loss.terms.aux.output', 'aux', "config.loss.terms.aux.output='aux' is not an output of the model"),
     ('loss.terms.aux.weight', -1.0, 'config.loss.terms.aux.weight=-1.0 must be >= 0'),
     ('model.heads.decode_head.dropout', 1.0, 'config.model.heads.decode_head.dropout=1.0 must be in [0, 1)'),

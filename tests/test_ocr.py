@@ -3,9 +3,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ctxseg_jax import models
+from ctxseg_jax import models, summary
 from ctxseg_jax.models.heads import HEADS
 from ctxseg_jax.models.heads.ocr import ObjectContext, gather_objects
+from tests.shipped_configs import load
 from tests.tiny_config import tiny_model_config
 
 
@@ -60,3 +61,9 @@ def test_ocr_head_reads_the_auxiliary_region_logits_at_inference():
   out = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   assert out['logits'].shape == out['aux_logits'].shape == (2, 4, 4, 5)
   assert bool(jnp.all(jnp.isfinite(out['logits'])))
+
+
+def test_ocrnet_configs_keep_the_soft_region_head_at_inference():
+  for path in ('configs/ocrnet_hr48_cityscapes.py', 'configs/ocrnet_hr48_cityscapes_mmseg.py'):
+    counts = summary.parameter_counts(load(path))
+    assert counts['params_inference'] == counts['params_total'], path  # no training-only head

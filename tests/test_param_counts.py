@@ -131,39 +131,6 @@ def linear_probe(depth, stem, num_classes, *, width, aux_channels):
           + aux_fcn_head(stages[2], num_classes, aux_channels))
 
 
-# (reference architecture, its count from the layer lists above, the count written out)
-REFERENCES = {
-    'configs/encnet_pcontext.py': ('PyTorch-Encoding EncNet ResNet-101s, lateral, 59 classes',
-                                   encnet(101, 's', 59, lateral=True), 62_907_345),
-    'configs/fcn_pcontext.py': ('PyTorch-Encoding FCN ResNet-101s, 59 classes',
-                                fcn(101, 's', 59, head='pte'), 54_467_382),
-    'configs/encnet_ade20k.py': ('mmseg EncNet R-101-D8, 150 classes',
-                                 encnet(101, 'v1c', 150, lateral=False), 55_052_162),
-    'configs/fcn_ade20k.py': ('mmseg FCN R-101-D8, 150 classes', fcn(101, 'v1c', 150, head='mmseg'), 68_590_732),
-    'configs/encnet_cityscapes.py': ('mmseg EncNet R-101-D8, 19 classes',
-                                     encnet(101, 'v1c', 19, lateral=False), 54_884_089),
-    'configs/fcn_cityscapes.py': ('mmseg FCN R-101-D8, 19 classes', fcn(101, 'v1c', 19, head='mmseg'), 68_489_862),
-    'configs/demo.py': ('EncNet, ResNet-18 V1c width 16, head 64, aux 32, 8 classes',
-                        encnet(18, 'v1c', 8, lateral=False, width=16, channels=64, aux_channels=32), 805_904),
-    'configs/demo_fcn.py': ('mmseg FCN, ResNet-18 V1c width 16, head 64, aux 32, 8 classes',
-                            fcn(18, 'v1c', 8, head='mmseg', width=16, channels=64, aux_channels=32), 942_568),
-    'configs/demo_linear.py': ('linear probe of all stages, ResNet-18 V1c width 16, aux 32, 8 classes',
-                               linear_probe(18, 'v1c', 8, width=16, aux_channels=32), 722_408),
-}
-
-
-def test_every_config_has_a_reference():
-  assert set(CONFIGS) == set(REFERENCES)
-
-
-@pytest.mark.parametrize('path', CONFIGS)
-def test_param_count_matches_the_reference_architecture(path):
-  name, from_layers, written = REFERENCES[path]
-  assert from_layers == written, f'{name}: {from_layers:,} from the layer list'
-  counts = summary.parameter_counts(load(path))
-  assert counts['params_total'] == from_layers, f'{name}: ours {counts["params_total"]:,}, reference {from_layers:,}'
-
-
 # ------------------------------------------------------------------------------------------------- HRNetV2
 
 def basic_block(cin: int, planes: int) -> int:
@@ -202,6 +169,58 @@ def hrnet_v2(width: int) -> int:
   return total
 
 
+def hrnet_ocr(width: int, num_classes: int, *, biased: bool = True) -> int:
+  """HRNet-OCR's HighResolutionNet: the backbone, aux_head (1x1 conv with bias, BN, 1x1 -> K) on the concatenated
+  stages, conv3x3_ocr (3x3 with bias, BN), the object attention block (f_pixel and f_object: two 1x1 ConvModules
+  each; f_down, f_up: one), conv_bn_dropout (1x1 ConvModule on 2C) and cls_head (1x1 with bias). mmseg's
+  OCRNet (FCNHead + OCRHead) is the same without the biases of the first aux conv and of the 3x3 bottleneck
+  (`biased` False)."""
+  concat = sum(width * 2**i for i in range(4))
+  mid, key = 512, 256
+  aux = conv(concat, concat, 1, bias=biased) + bn(concat) + conv(concat, num_classes, 1, bias=True)
+  ocr = (conv(concat, mid, 3, bias=biased) + bn(mid)
+         + 2 * (conv_module(mid, key, 1) + conv_module(key, key, 1)) + conv_module(mid, key, 1)
+         + conv_module(key, mid, 1) + conv_module(2 * mid, mid, 1) + conv(mid, num_classes, 1, bias=True))
+  return hrnet_v2(width) + aux + ocr
+
+
+# (reference architecture, its count from the layer lists above, the count written out)
+REFERENCES = {
+    'configs/encnet_pcontext.py': ('PyTorch-Encoding EncNet ResNet-101s, lateral, 59 classes',
+                                   encnet(101, 's', 59, lateral=True), 62_907_345),
+    'configs/fcn_pcontext.py': ('PyTorch-Encoding FCN ResNet-101s, 59 classes',
+                                fcn(101, 's', 59, head='pte'), 54_467_382),
+    'configs/encnet_ade20k.py': ('mmseg EncNet R-101-D8, 150 classes',
+                                 encnet(101, 'v1c', 150, lateral=False), 55_052_162),
+    'configs/fcn_ade20k.py': ('mmseg FCN R-101-D8, 150 classes', fcn(101, 'v1c', 150, head='mmseg'), 68_590_732),
+    'configs/encnet_cityscapes.py': ('mmseg EncNet R-101-D8, 19 classes',
+                                     encnet(101, 'v1c', 19, lateral=False), 54_884_089),
+    'configs/fcn_cityscapes.py': ('mmseg FCN R-101-D8, 19 classes', fcn(101, 'v1c', 19, head='mmseg'), 68_489_862),
+    'configs/demo.py': ('EncNet, ResNet-18 V1c width 16, head 64, aux 32, 8 classes',
+                        encnet(18, 'v1c', 8, lateral=False, width=16, channels=64, aux_channels=32), 805_904),
+    'configs/demo_fcn.py': ('mmseg FCN, ResNet-18 V1c width 16, head 64, aux 32, 8 classes',
+                            fcn(18, 'v1c', 8, head='mmseg', width=16, channels=64, aux_channels=32), 942_568),
+    'configs/demo_linear.py': ('linear probe of all stages, ResNet-18 V1c width 16, aux 32, 8 classes',
+                               linear_probe(18, 'v1c', 8, width=16, aux_channels=32), 722_408),
+    'configs/ocrnet_hr48_cityscapes.py': ('HRNet-OCR HRNetV2-W48 + OCR, 19 classes', hrnet_ocr(48, 19),
+                                          70_372_678),
+    'configs/ocrnet_hr48_cityscapes_mmseg.py': ('mmseg OCRNet HRNetV2p-W48, 19 classes',
+                                                hrnet_ocr(48, 19, biased=False), 70_371_446),
+}
+
+
+def test_every_config_has_a_reference():
+  assert set(CONFIGS) == set(REFERENCES)
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_param_count_matches_the_reference_architecture(path):
+  name, from_layers, written = REFERENCES[path]
+  assert from_layers == written, f'{name}: {from_layers:,} from the layer list'
+  counts = summary.parameter_counts(load(path))
+  assert counts['params_total'] == from_layers, f'{name}: ours {counts["params_total"]:,}, reference {from_layers:,}'
+
+
 def test_hrnet_v2_backbones_have_the_reference_parameter_counts():
   for width in (18, 32, 48):
     model = BACKBONES['hrnet'].build(BACKBONES.config('hrnet', width=width), dtype=jnp.float32)
@@ -212,32 +231,3 @@ def test_hrnet_v2_backbones_have_the_reference_parameter_counts():
   # HRNetV2 paper's Cityscapes table.
   with_head = hrnet_v2(48) + conv(720, 720, 1, bias=True) + bn(720) + conv(720, 19, 1, bias=True)
   assert round(with_head / 1e5) == 659
-
-
-def hrnet_ocr(width: int, num_classes: int) -> int:
-  """HRNet-OCR's HighResolutionNet: the backbone, aux_head (1x1 conv with bias, BN, 1x1 -> K) on the concatenated
-  stages, conv3x3_ocr (3x3 with bias, BN), the object attention block (f_pixel and f_object: two 1x1 ConvModules
-  each; f_down, f_up: one), conv_bn_dropout (1x1 ConvModule on 2C) and cls_head (1x1 with bias)."""
-  concat = sum(width * 2**i for i in range(4))
-  mid, key = 512, 256
-  aux = conv(concat, concat, 1, bias=True) + bn(concat) + conv(concat, num_classes, 1, bias=True)
-  ocr = (conv(concat, mid, 3, bias=True) + bn(mid)
-         + 2 * (conv_module(mid, key, 1) + conv_module(key, key, 1)) + conv_module(mid, key, 1)
-         + conv_module(key, mid, 1) + conv_module(2 * mid, mid, 1) + conv(mid, num_classes, 1, bias=True))
-  return hrnet_v2(width) + aux + ocr
-
-
-def test_hrnet_ocr_has_the_reference_parameter_count():
-  from ctxseg_jax import models
-  from ctxseg_jax.models.heads import HEADS
-  model_config = models.model_config(BACKBONES.config('hrnet', width=48), {
-      'aux_head': HEADS.config('fcn', reads=(0, 1, 2, 3), input_transform='resize_concat', align_corners=True,
-                               kernel_size=1, num_convs=1, channels=720, concat_input=False, conv_bias=True,
-                               dropout=0.0, outputs=('aux_logits',)),
-      'decode_head': HEADS.config('ocr', reads=(0, 1, 2, 3), input_transform='resize_concat', align_corners=True,
-                                  reads_outputs=('aux_logits',)),
-  })
-  model = models.build_model(model_config, 19)
-  variables = jax.eval_shape(lambda x: model.init({'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x,
-                                                  train=False), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
-  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params'])) == hrnet_ocr(48, 19) == 70_372_678

@@ -1,0 +1,38 @@
+"""OCRNet, HRNetV2-W48, Cityscapes 19 classes, 512x1024 crops: the HRNet-OCR protocol and head.
+
+Target: HRNet-Semantic-Segmentation (branch HRNet-OCR) HRNetV2-W48 + OCR, Cityscapes val 81.6 mIoU single-scale,
+mean over all 19 classes (README; seg_hrnet_ocr_w48_train_512x1024_sgd_lr1e-2_wd5e-4_bs_12_epoch484.yaml). Issues
+on that repository report 80.3 with the default config: Cityscapes results vary from run to run.
+
+Protocol: 4 GPUs x 3 images, SyncBN, 484 epochs (119,548 iterations at batch 12), SGD lr 0.01, momentum 0.9,
+wd 5e-4, poly 0.9 to 0; cross-entropy over valid pixels with HRNet-OCR's Cityscapes class weights on the OCR
+logits (weight 1) and on the auxiliary soft-region logits (0.4), both upsampled to the label size with
+align_corners True; train rescale of the long side to 2048 x (0.5 + k / 10), k in 0..16, random 512x1024 crop
+(padding 0, label ignore), flip, cv2 resizing; test: the whole 1024x2048 image.
+Model: HRNetV2-W48 (fusion upsampling align_corners True, convs N(0, 0.001)); the auxiliary head (1x1 conv 720 ->
+720 with bias, BN, ReLU, 1x1 -> 19) runs at inference, its logits being the soft object regions; the OCR head
+(3x3 conv 720 -> 512 with bias, BN, ReLU; gather; object attention with 256 key channels; 1x1 fusion 1024 -> 512;
+Dropout2d 0.05; 1x1 -> 19).
+
+Not yet reproduced here: the ImageNet-pretrained HRNetV2-W48 weights (weight import is planned); the heads'
+initialisation (HRNet-OCR leaves its 'cls', 'aux' and 'ocr' layers at PyTorch's defaults; here they use this
+library's, Kaiming fan-out and N(0, 0.01) classifiers).
+
+python -m ctxseg_jax.main --config configs/ocrnet_hr48_cityscapes.py --config.data.root=/data/cityscapes
+"""
+from ctxseg_jax import models, protocols
+from ctxseg_jax.config import base_config
+from ctxseg_jax.models.heads import HEADS
+
+
+def get_config():
+  config = base_config()
+  config.name = 'ocrnet_hr48_cityscapes'
+  stages = protocols.hrnet_ocr_cityscapes(config)
+  models.set_head(config.model, 'aux_head', HEADS.config(
+      'fcn', **stages, kernel_size=1, num_convs=1, channels=720, concat_input=False, conv_bias=True, dropout=0.0,
+      outputs=('aux_logits',)))
+  models.set_head(config.model, 'decode_head', HEADS.config(
+      'ocr', **stages, reads_outputs=('aux_logits',), channels=512, key_channels=256, bottleneck_bias=True,
+      dropout=0.05))
+  return config

@@ -3,11 +3,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ctxseg_jax import models, summary
+from ctxseg_jax import models, reporting, summary, train
 from ctxseg_jax.models.heads import HEADS
 from ctxseg_jax.models.heads.ocr import ObjectContext, gather_objects
 from tests.shipped_configs import load
-from tests.tiny_config import tiny_model_config
+from tests.tiny_config import get_config, tiny_model_config
 
 
 def _key(seed):
@@ -67,3 +67,18 @@ def test_ocrnet_configs_keep_the_soft_region_head_at_inference():
   for path in ('configs/ocrnet_hr48_cityscapes.py', 'configs/ocrnet_hr48_cityscapes_mmseg.py'):
     counts = summary.parameter_counts(load(path))
     assert counts['params_inference'] == counts['params_total'], path  # no training-only head
+
+
+def test_a_tiny_ocrnet_trains_with_ohem_on_its_logits(tmp_path):
+  config = get_config()
+  models.set_head(config.model, 'aux_head', HEADS.config('fcn', reads=(2,), kernel_size=1, num_convs=1, channels=8,
+                                                         concat_input=False, conv_bias=True, outputs=('aux_logits',)))
+  models.set_head(config.model, 'decode_head', HEADS.config('ocr', reads=(3,), reads_outputs=('aux_logits',),
+                                                            channels=16, key_channels=8))
+  config.loss.terms.ce.reduction = 'ohem'
+  config.loss.terms.ce.ohem_min_kept = 500
+  config.loss.terms.ce.ohem_group_size = 4
+  config.train.steps = 2
+  train.train(config, tmp_path, devices=jax.devices()[:1])
+  records = [r for r in reporting.read_metrics(tmp_path) if r['split'] == 'train']
+  assert records and all(np.isfinite(r['loss_ce']) and r['loss_ce'] > 0 for r in records)

@@ -14,6 +14,23 @@ from ctxseg_jax.settings import Setting
 REDUCTIONS = ('valid', 'all', 'ohem')
 
 
+def _label_nll(logits: jax.Array, labels: jax.Array,
+               ignore_index: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-pixel -log softmax(logits)[label] in float32, (B, H, W), 0 where the label is not a class; with the valid
+  mask and the labels with invalid ones replaced by 0.
+
+  Labels equal to ignore_index, or outside 0..K-1, are invalid.
+  """
+  num_classes = logits.shape[-1]
+  logits = logits.astype(jnp.float32)
+  labels = labels.astype(jnp.int32)
+  valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
+  safe_labels = jnp.where(valid, labels, 0)
+  log_norm = jax.nn.logsumexp(logits, axis=-1)
+  label_logit = jnp.take_along_axis(logits, safe_labels[..., None], axis=-1)[..., 0]
+  return jnp.where(valid, log_norm - label_logit, 0.0), valid, safe_labels
+
+
 def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int, reduction: str = 'valid',
                         class_weight: Sequence[float] | None = None) -> jax.Array:
   """Mean softmax cross-entropy over pixels, computed in float32.
@@ -33,13 +50,7 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int,
   if reduction not in ('valid', 'all'):
     raise ValueError(f'reduction={reduction!r}; valid: (\'valid\', \'all\') (OHEM: ohem_cross_entropy)')
   num_classes = logits.shape[-1]
-  logits = logits.astype(jnp.float32)
-  labels = labels.astype(jnp.int32)
-  valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
-  safe_labels = jnp.where(valid, labels, 0)
-  log_norm = jax.nn.logsumexp(logits, axis=-1)
-  label_logit = jnp.take_along_axis(logits, safe_labels[..., None], axis=-1)[..., 0]
-  per_pixel = jnp.where(valid, log_norm - label_logit, 0.0)
+  per_pixel, valid, safe_labels = _label_nll(logits, labels, ignore_index)
   if class_weight is not None and len(class_weight):
     if len(class_weight) != num_classes:
       raise ValueError(f'class_weight has {len(class_weight)} entries for {num_classes} classes')
@@ -68,17 +79,11 @@ def ohem_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int, 
   Returns:
     float32 scalar (0 when no pixel is kept).
   """
-  num_classes = logits.shape[-1]
-  logits = logits.astype(jnp.float32)
-  labels = labels.astype(jnp.int32)
-  valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
-  safe_labels = jnp.where(valid, labels, 0)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  label_log_prob = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
-  per_pixel = -label_log_prob
+  nll, valid, safe_labels = _label_nll(logits, labels, ignore_index)
+  prob = jax.lax.stop_gradient(jnp.exp(-nll))
+  per_pixel = nll
   if class_weight is not None and len(class_weight):
     per_pixel = per_pixel * jnp.asarray(class_weight, jnp.float32)[safe_labels]
-  prob = jax.lax.stop_gradient(jnp.exp(label_log_prob))
   ranked = jnp.sort(jnp.where(valid, prob, jnp.inf).reshape(-1))
   index = jnp.clip(jnp.minimum(min_kept, valid.sum() - 1), 0, ranked.shape[0] - 1)
   threshold = jnp.maximum(ranked[index], thresh)

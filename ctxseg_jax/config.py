@@ -126,8 +126,8 @@ _CHOICES = {
 _POSITIVE = ('train.steps', 'train.batch_size', 'train.log_every', 'train.checkpoint_every',
              'train.keep_checkpoints', 'eval.batch_size', 'data.base_size', 'data.synthetic.image_size',
              'data.synthetic.num_train', 'data.synthetic.num_val')
-_NON_NEGATIVE = ('data.ratio_step', 'train.eval_every', 'optim.lr', 'optim.weight_decay', 'optim.end_lr', 'optim.warmup_steps',
-                 'data.worker_count', 'data.base_short_side')
+_NON_NEGATIVE = ('data.ratio_step', 'train.eval_every', 'optim.lr', 'optim.weight_decay', 'optim.end_lr',
+                 'optim.warmup_steps', 'data.worker_count', 'data.base_short_side')
 _UNIT_INTERVAL = ('optim.momentum', 'optim.warmup_ratio')
 
 
@@ -205,7 +205,7 @@ def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str]
 
 
 def _lr_mult_problems(lr_mults: Any) -> list[str]:
-  example = '--config.optim.lr_mults="((\'^(?!backbone/)\', 10.0),)"'
+  example = f'--config.optim.lr_mults="((\'{HEADS_PATTERN}\', 10.0),)"'
   if not isinstance(lr_mults, (tuple, list)):
     return [f'config.optim.lr_mults={lr_mults!r} must be a tuple of (regex, multiplier) pairs, e.g. {example}']
   errors = []

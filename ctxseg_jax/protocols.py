@@ -35,11 +35,11 @@ def _r101_d8(config: ml_collections.ConfigDict, *, stem: str, dropout_mode: str)
   return dict(channels=512, dropout=0.1, dropout_mode=dropout_mode)
 
 
-def _cross_entropy(config: ml_collections.ConfigDict, *, reduction: str, aux_weight: float) -> None:
-  """Cross-entropy on 'logits' (weight 1) and on the auxiliary head's 'aux_logits' (`aux_weight`)."""
-  set_term(config.loss, 'ce', TERMS.config('cross_entropy', reduction=reduction))
-  set_term(config.loss, 'aux', TERMS.config('cross_entropy', output='aux_logits', weight=aux_weight,
-                                            reduction=reduction))
+def _cross_entropy(config: ml_collections.ConfigDict, *, aux_weight: float, **settings: Any) -> None:
+  """Cross-entropy on 'logits' (weight 1) and on the auxiliary head's 'aux_logits' (`aux_weight`), both with the
+  cross_entropy `settings` (reduction, class weights, ...)."""
+  set_term(config.loss, 'ce', TERMS.config('cross_entropy', **settings))
+  set_term(config.loss, 'aux', TERMS.config('cross_entropy', output='aux_logits', weight=aux_weight, **settings))
 
 
 def _mmseg_sgd(config: ml_collections.ConfigDict, *, batch_size: int, steps: int, eval_every: int) -> None:
@@ -132,10 +132,8 @@ def hrnet_ocr_cityscapes(config: ml_collections.ConfigDict, *, epochs: int = 484
   config.data.cat_max_ratio = 1.0
   config.data.photometric_distortion = False
   config.data.resize_antialias = False  # cv2
-  for name, weight in (('ce', 1.0), ('aux', 0.4)):  # BALANCE_WEIGHTS [0.4, 1]
-    set_term(config.loss, name, TERMS.config(
-        'cross_entropy', output='logits' if name == 'ce' else 'aux_logits', weight=weight, reduction='valid',
-        class_weight=CITYSCAPES_CLASS_WEIGHTS, align_corners=True))
+  _cross_entropy(config, aux_weight=0.4, reduction='valid', class_weight=CITYSCAPES_CLASS_WEIGHTS,
+                 align_corners=True)  # BALANCE_WEIGHTS [0.4, 1]
   config.train.batch_size = 12
   config.train.steps = epochs * (cityscapes.NUM_IMAGES['train'] // config.train.batch_size)  # drop_last: 119,548
   config.train.eval_every = 12_000

@@ -27,21 +27,17 @@ as many intra-op threads as there are CPU cores available to the process, the nu
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import resource
-import subprocess
 import sys
-import time
 from typing import Any, Callable
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import harness  # noqa: E402
+
 IMPLS = ('ctxseg_jax', 'jax_broadcast', 'torch_broadcast', 'matmul_roofline')
 SHAPE = {'batch': 2, 'height': 60, 'width': 60, 'channels': 512, 'num_codes': 32}
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def nominal_flops(b: int, n: int, k: int, d: int) -> int:
@@ -64,10 +60,6 @@ def _inputs() -> dict[str, np.ndarray]:
       'scale': rng.uniform(-1.0, 0.0, (k,)).astype(np.float32),
       'cotangent': rng.standard_normal((b, k, d), np.float32),
   }
-
-
-def _rss_mib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def _jax_step(impl: str) -> tuple[Callable[[], Any], dict[str, Any]]:
@@ -94,7 +86,6 @@ def _jax_step(impl: str) -> tuple[Callable[[], Any], dict[str, Any]]:
     args = (arrays['x'], arrays['codewords'], arrays['cotangent'])
   else:
     if impl == 'ctxseg_jax':
-      sys.path.insert(0, _REPO)
       from ctxseg_jax.models.layers.encoding import encode
     else:
       encode = _jax_broadcast_encode
@@ -109,7 +100,7 @@ def _jax_step(impl: str) -> tuple[Callable[[], Any], dict[str, Any]]:
     cost = fn.lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     extra['xla_flops'] = float(cost['flops'])
-  extra['cores'] = _num_cores()
+  extra['cores'] = harness.num_cores()
   return lambda: jax.block_until_ready(fn(*args)), extra
 
 
@@ -126,7 +117,7 @@ def _jax_broadcast_encode(x, codewords, scale):
 def _torch_step() -> tuple[Callable[[], Any], dict[str, Any]]:
   import torch
 
-  torch.set_num_threads(_num_cores())
+  torch.set_num_threads(harness.num_cores())
   tensors = {name: torch.from_numpy(value) for name, value in _inputs().items()}
   leaves = [tensors[name].clone().requires_grad_(True) for name in ('x', 'codewords', 'scale')]
   cotangent = tensors['cotangent']
@@ -146,99 +137,18 @@ def _torch_step() -> tuple[Callable[[], Any], dict[str, Any]]:
   return step, {'torch': torch.__version__, 'torch_threads': torch.get_num_threads()}
 
 
-def _num_cores() -> int:
-  return len(os.sched_getaffinity(0))
-
-
 def run_worker(impl: str, repeats: int, warmup: int) -> dict[str, Any]:
   """Times one implementation in this process; returns its result row."""
   step, extra = _torch_step() if impl == 'torch_broadcast' else _jax_step(impl)
-  for _ in range(warmup):
-    step()
-  rss_before = _rss_mib()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  median = float(np.median(times))
-  return {
-      'impl': impl,
-      'median_s': median,
-      'peak_rss_mib': _rss_mib(),
-      'gflops': nominal_flops(*_dims()) / median / 1e9,
-      'rss_before_mib': rss_before,
-      'min_s': float(np.min(times)),
-      'times_s': times,
-      **extra,
-  }
-
-
-def _spawn(impl: str, repeats: int, warmup: int) -> dict[str, Any]:
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  cmd = [sys.executable, os.path.abspath(__file__), '--worker', impl, '--repeats', str(repeats),
-         '--warmup', str(warmup)]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-  if proc.returncode != 0:
-    raise RuntimeError(f'{impl} worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
-  return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _device() -> str:
-  model = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      model = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return f'cpu: {model}, {_num_cores()} cores available'
-
-
-def _table(results: list[dict[str, Any]]) -> str:
-  by_impl = {r['impl']: r for r in results}
-  torch_row = by_impl.get('torch_broadcast')
-  lines = [f'{"impl":<16} {"median ms":>10} {"min ms":>9} {"peak RSS MiB":>13} {"GFLOP/s":>8} {"vs torch":>9}']
-  for r in results:
-    speedup = f'{torch_row["median_s"] / r["median_s"]:.1f}x' if torch_row else '-'
-    lines.append(f'{r["impl"]:<16} {r["median_s"] * 1e3:>10.2f} {r["min_s"] * 1e3:>9.2f} {r["peak_rss_mib"]:>13.0f} '
-                 f'{r["gflops"]:>8.1f} {speedup:>9}')
-  return '\n'.join(lines)
+  timing = harness.time_step(step, repeats, warmup)
+  return {'impl': impl, **timing, 'gflops': nominal_flops(*_dims()) / timing['median_s'] / 1e9, **extra}
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n', 1)[0])
-  parser.add_argument('--out', help='JSON file to write the results to.')
-  parser.add_argument('--repeats', type=int, default=10, help='timed steps per implementation')
-  parser.add_argument('--warmup', type=int, default=2, help='untimed steps first (compilation included)')
-  parser.add_argument('--impls', nargs='+', choices=IMPLS, default=list(IMPLS))
-  parser.add_argument('--worker', choices=IMPLS, help=argparse.SUPPRESS)
-  args = parser.parse_args(argv)
-
-  if args.worker:
-    print(json.dumps(run_worker(args.worker, args.repeats, args.warmup)))
-    return
-  if not args.out:
-    parser.error('--out is required')
-
-  # The two fast forms run back to back, so that a change in background load is less likely to fall between them.
-  order = sorted(args.impls, key=lambda impl: impl not in ('ctxseg_jax', 'matmul_roofline'))
-  by_impl = {}
-  for impl in order:
-    by_impl[impl] = _spawn(impl, args.repeats, args.warmup)
-    print(f'{impl}: {by_impl[impl]["median_s"] * 1e3:.2f} ms', file=sys.stderr, flush=True)
-  results = [by_impl[impl] for impl in args.impls]
   b, n, k, d = _dims()
-  report = {
-      'results': results,
-      'shape': {**SHAPE, 'n': n, 'nominal_flops': nominal_flops(b, n, k, d)},
-      'device': _device(),
-      'repeats': args.repeats,
-      'warmup': args.warmup,
-  }
-  print(_table(results))
-  with open(args.out, 'w') as f:
-    json.dump(report, f, indent=2)
-
+  harness.layer_main(argv, script=__file__, doc=__doc__, impls=IMPLS, run_worker=run_worker,
+                     shape={**SHAPE, 'n': n, 'nominal_flops': nominal_flops(b, n, k, d)}, baseline='torch_broadcast',
+                     unit='ms', repeats=10, warmup=2, first=('ctxseg_jax', 'matmul_roofline'))
 
 if __name__ == '__main__':
   main()

@@ -42,26 +42,15 @@ from typing import Any
 
 import numpy as np
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import harness  # noqa: E402
+
+_REPO = harness.REPO
 LOADER = 'grain'  # the `loader` of every result
 SIZE = (1024, 2048)  # (height, width), Cityscapes
 
 # Colour and rough layout of the scene's classes (Cityscapes train ids).
 _ROAD, _SIDEWALK, _BUILDING, _POLE, _VEGETATION, _SKY, _PERSON, _CAR = 0, 1, 2, 5, 8, 10, 11, 13
-
-
-def _num_cores() -> int:
-  return len(os.sched_getaffinity(0))
-
-
-def _device() -> str:
-  model = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      model = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return f'cpu: {model}, {_num_cores()} cores available'
 
 
 def _burn(n: int) -> int:
@@ -79,12 +68,12 @@ def parallel_capacity(n: int = 10_000_000) -> dict[str, float]:
   start = time.perf_counter()
   _burn(n)
   alone = time.perf_counter() - start
-  with multiprocessing.get_context('spawn').Pool(_num_cores()) as pool:
-    pool.map(_burn, [1000] * _num_cores())  # start-up
+  with multiprocessing.get_context('spawn').Pool(harness.num_cores()) as pool:
+    pool.map(_burn, [1000] * harness.num_cores())  # start-up
     start = time.perf_counter()
-    pool.map(_burn, [n] * _num_cores())
+    pool.map(_burn, [n] * harness.num_cores())
     together = time.perf_counter() - start
-  return {'alone_s': alone, 'together_s': together, 'effective_cores': _num_cores() * alone / together}
+  return {'alone_s': alone, 'together_s': together, 'effective_cores': harness.num_cores() * alone / together}
 
 
 # --- data ------------------------------------------------------------------------------------------------------
@@ -235,13 +224,11 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
 
   if args.child is not None:
-    sys.path.insert(0, _REPO)
     result = run_child(args.child, args.data_dir, args.batch, args.warmup, args.batches, args.repeats)
     print(json.dumps(result))
     return
   if not args.out:
     parser.error('--out is required')
-  sys.path.insert(0, _REPO)
   root = args.data_dir or tempfile.mkdtemp(prefix='ctxseg_input_bench_')
   try:
     start = time.perf_counter()
@@ -259,11 +246,11 @@ def main(argv: list[str] | None = None) -> None:
   finally:
     if not args.data_dir:
       shutil.rmtree(root, ignore_errors=True)
-  report = {'results': results, 'data': data, 'device': _device(), 'cores': _num_cores(),
+  report = {'results': results, 'data': data, 'device': harness.device(), 'cores': harness.num_cores(),
             'parallel_capacity': capacity,
             'cpu_count': os.cpu_count(), 'batch': args.batch, 'warmup_batches': args.warmup,
             'timed_batches': args.batches, 'repeats': args.repeats, 'python': platform.python_version()}
-  print(f'{_device()} (CPU-bound processes run like {capacity["effective_cores"]:.2f} cores at once); batch '
+  print(f'{harness.device()} (CPU-bound processes run like {capacity["effective_cores"]:.2f} cores at once); batch '
         f'{args.batch}, 512x1024 crops from 2048x1024 PNGs, cat_max_ratio {results[0]["cat_max_ratio"]}, '
         f'photometric {results[0]["photometric_distortion"]}')
   print(_table(results))

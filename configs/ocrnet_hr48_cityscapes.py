@@ -12,27 +12,19 @@ align_corners True; train rescale of the long side to 2048 x (0.5 + k / 10), k i
 Model: HRNetV2-W48 (fusion upsampling align_corners True, convs N(0, 0.001)); the auxiliary head (1x1 conv 720 ->
 720 with bias, BN, ReLU, 1x1 -> 19) runs at inference, its logits being the soft object regions; the OCR head
 (3x3 conv 720 -> 512 with bias, BN, ReLU; gather; object attention with 256 key channels; 1x1 fusion 1024 -> 512;
-Dropout2d 0.05; 1x1 -> 19).
+Dropout2d 0.05; 1x1 -> 19). The heads ('cls', 'aux' and 'ocr' modules) keep PyTorch's default Conv2d init.
 
-Not yet reproduced here: the ImageNet-pretrained HRNetV2-W48 weights (weight import is planned); the heads'
-initialisation (HRNet-OCR leaves its 'cls', 'aux' and 'ocr' layers at PyTorch's defaults; here they use this
-library's, Kaiming fan-out and N(0, 0.01) classifiers).
+Not yet reproduced here: the ImageNet-pretrained HRNetV2-W48 weights (weight import is planned).
 
 python -m ctxseg_jax.main --config configs/ocrnet_hr48_cityscapes.py --config.data.root=/data/cityscapes
 """
-from ctxseg_jax import models, protocols
+from ctxseg_jax import protocols
 from ctxseg_jax.config import base_config
-from ctxseg_jax.models.heads import HEADS
 
 
 def get_config():
   config = base_config()
   config.name = 'ocrnet_hr48_cityscapes'
   stages = protocols.hrnet_ocr_cityscapes(config)
-  models.set_head(config.model, 'aux_head', HEADS.config(
-      'fcn', **stages, kernel_size=1, num_convs=1, channels=720, concat_input=False, conv_bias=True, dropout=0.0,
-      outputs=('aux_logits',)))
-  models.set_head(config.model, 'decode_head', HEADS.config(
-      'ocr', **stages, reads_outputs=('aux_logits',), channels=512, key_channels=256, bottleneck_bias=True,
-      dropout=0.05))
+  protocols.ocr_on_hrnet(config, stages, width=48, flavour='hrnet_ocr')
   return config

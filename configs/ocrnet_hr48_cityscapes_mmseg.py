@@ -17,19 +17,13 @@ statistics update twice; here it runs once.
 
 python -m ctxseg_jax.main --config configs/ocrnet_hr48_cityscapes_mmseg.py --config.data.root=/data/cityscapes
 """
-from ctxseg_jax import models, protocols
+from ctxseg_jax import protocols
 from ctxseg_jax.config import base_config
-from ctxseg_jax.models.heads import HEADS
 
 
 def get_config():
   config = base_config()
   config.name = 'ocrnet_hr48_cityscapes_mmseg'
   stages = protocols.mmseg_hrnet_cityscapes_160k(config)
-  models.set_head(config.model, 'aux_head', HEADS.config(
-      'fcn', **stages, kernel_size=1, num_convs=1, channels=720, concat_input=False, conv_bias=False, dropout=0.0,
-      outputs=('aux_logits',)))
-  models.set_head(config.model, 'decode_head', HEADS.config(
-      'ocr', **stages, reads_outputs=('aux_logits',), channels=512, key_channels=256, bottleneck_bias=False,
-      dropout=0.0))
+  protocols.ocr_on_hrnet(config, stages, width=48, flavour='mmseg')
   return config

@@ -154,6 +154,7 @@ def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str]
   errors += losses.problems(config.loss, None if errors else models.head_outputs(config.model, train=True),
                             num_classes)
   errors += _lr_mult_problems(config.optim.lr_mults)
+  errors += _ohem_group_problems(config)
   choices_by_key = dict(_CHOICES)
   if known_datasets:
     choices_by_key['data.name'] = tuple(known_datasets)
@@ -202,6 +203,19 @@ def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str]
                   f'{config.train.steps}')
   if errors:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(errors))
+
+
+def _ohem_group_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """OHEM groups must tile the global training batch."""
+  errors = []
+  batch = config.train.batch_size
+  for name, term in config.loss.terms.items():
+    group = term.get('ohem_group_size', 0) if term.get('reduction') == 'ohem' else 0
+    if isinstance(group, int) and isinstance(batch, int) and group > 0 and batch % group:
+      errors.append(f'config.loss.terms.{name}.ohem_group_size={group} does not divide config.train.batch_size='
+                    f'{batch}; choose a divisor (the images of one reference GPU replica, e.g. 4 of 16), or 0 for '
+                    'the whole batch')
+  return errors
 
 
 def _lr_mult_problems(lr_mults: Any) -> list[str]:

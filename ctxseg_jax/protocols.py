@@ -10,16 +10,16 @@ loss by construction. The reference behind each protocol is in the docstrings of
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 
 from ctxseg_jax import models
 from ctxseg_jax.config import HEADS_PATTERN
-from ctxseg_jax.data.datasets import cityscapes, pascal_context
+from ctxseg_jax.data.datasets import ade20k, cityscapes, coco_stuff, pascal_context
 from ctxseg_jax.losses import TERMS, set_term
 from ctxseg_jax.models.backbones import BACKBONES
-from ctxseg_jax.models.heads import aux_fcn_head
+from ctxseg_jax.models.heads import HEADS, aux_fcn_head
 
 HeadSettings = dict[str, Any]
 
@@ -67,8 +67,8 @@ def _mmseg_augmentation(config: ml_collections.ConfigDict) -> None:
   config.data.resize_antialias = False
 
 
-def mmseg_ade20k_160k(config: ml_collections.ConfigDict) -> HeadSettings:
-  """mmseg R-101-D8, ADE20K, 512x512 crops, 160k iterations at batch 16 (see configs/encnet_ade20k.py)."""
+def _mmseg_ade20k_160k(config: ml_collections.ConfigDict) -> None:
+  """mmseg ADE20K, 512x512 crops, 160k iterations at batch 16: data, augmentation, schedule, cross-entropy."""
   config.data.name = 'ade20k'
   config.data.base_size = 2048
   config.data.base_short_side = 512
@@ -79,7 +79,19 @@ def mmseg_ade20k_160k(config: ml_collections.ConfigDict) -> HeadSettings:
   config.data.eval_scale = (2048, 512)
   config.data.eval_label_size = (2048, 2048)
   _mmseg_sgd(config, batch_size=16, steps=160_000, eval_every=16_000)
+
+
+def mmseg_ade20k_160k(config: ml_collections.ConfigDict) -> HeadSettings:
+  """mmseg R-101-D8, ADE20K, 512x512 crops, 160k iterations at batch 16 (see configs/encnet_ade20k.py)."""
+  _mmseg_ade20k_160k(config)
   return _r101_d8(config, stem='v1c', dropout_mode='channel')
+
+
+def mmseg_hrnet_ade20k_160k(config: ml_collections.ConfigDict) -> HeadSettings:
+  """mmseg HRNetV2p-W48 heads, ADE20K, 512x512 crops, 160k iterations at batch 16 (see
+  configs/hrnet_w48_ade20k.py); returns the input settings of heads on the concatenated stages."""
+  _mmseg_ade20k_160k(config)
+  return _hrnet(config, width=48, align_corners=False, weight_init='kaiming')
 
 
 def _cityscapes_512x1024(config: ml_collections.ConfigDict) -> None:
@@ -100,21 +112,32 @@ def mmseg_cityscapes_80k(config: ml_collections.ConfigDict) -> HeadSettings:
   return _r101_d8(config, stem='v1c', dropout_mode='channel')
 
 
-def _hrnet_w48(config: ml_collections.ConfigDict, *, align_corners: bool, weight_init: str) -> HeadSettings:
-  """HRNetV2-W48; returns the input settings of heads on its concatenated stages (48 + 96 + 192 + 384 = 720)."""
-  config.model.backbone = BACKBONES.config('hrnet', width=48, align_corners=align_corners, weight_init=weight_init)
+def _hrnet(config: ml_collections.ConfigDict, *, width: int, align_corners: bool, weight_init: str) -> HeadSettings:
+  """HRNetV2-W`width` without an auxiliary head; returns the input settings of heads on its concatenated stages
+  (15 x width channels: 720 for W48). The protocol's 'aux' loss term stays for OCRNet's soft-region head; an
+  HRNet baseline removes it."""
+  config.model.backbone = BACKBONES.config('hrnet', width=width, align_corners=align_corners,
+                                           weight_init=weight_init)
   models.set_head(config.model, 'aux_head', None)
   return dict(reads=(0, 1, 2, 3), input_transform='resize_concat', align_corners=align_corners)
 
 
-def mmseg_hrnet_cityscapes_160k(config: ml_collections.ConfigDict) -> HeadSettings:
-  """mmseg HRNetV2p-W48 heads, Cityscapes, 512x1024 crops, 160k iterations at batch 8 (see
-  configs/ocrnet_hr48_mmseg_cityscapes.py); returns the input settings of heads on the concatenated stages."""
+def mmseg_hrnet_cityscapes_160k(config: ml_collections.ConfigDict, *, width: int = 48) -> HeadSettings:
+  """mmseg HRNetV2p-W`width` heads, Cityscapes, 512x1024 crops, 160k iterations at batch 8 (see
+  configs/ocrnet_hr48_cityscapes_mmseg.py); returns the input settings of heads on the concatenated stages."""
   _cityscapes_512x1024(config)
   config.data.ratio_range = (0.5, 2.0)
   _mmseg_augmentation(config)
   _mmseg_sgd(config, batch_size=8, steps=160_000, eval_every=16_000)
-  return _hrnet_w48(config, align_corners=False, weight_init='kaiming')
+  return _hrnet(config, width=width, align_corners=False, weight_init='kaiming')
+
+
+def mmseg_cityscapes_40k(config: ml_collections.ConfigDict) -> HeadSettings:
+  """mmseg R-101-D8, Cityscapes, 512x1024 crops, 40k iterations at batch 8 (see configs/ocrnet_r101_cityscapes.py)."""
+  shared = mmseg_cityscapes_80k(config)
+  config.train.steps = 40_000
+  config.train.eval_every = 4_000
+  return shared
 
 
 # HRNet-OCR's fixed Cityscapes class weights (lib/datasets/cityscapes.py), used in its cross-entropy.
@@ -122,30 +145,83 @@ CITYSCAPES_CLASS_WEIGHTS = (0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754
                             0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
 
 
-def hrnet_ocr_cityscapes(config: ml_collections.ConfigDict, *, epochs: int = 484) -> HeadSettings:
-  """HRNet-OCR's Cityscapes protocol (seg_hrnet_ocr_w48 512x1024, batch 12, `epochs` epochs; see
-  configs/ocrnet_hr48_cityscapes.py); returns the input settings of heads on the concatenated stages."""
-  _cityscapes_512x1024(config)
-  config.data.ratio_range = (0.5, 2.1)  # 0.5 + k / 10, k in 0..16 (SCALE_FACTOR 16)
+def _hrnet_ocr_training(config: ml_collections.ConfigDict, *, num_train: int, batch_size: int, epochs: int,
+                        lr: float, weight_decay: float, head_lr_mult: float) -> None:
+  """HRNet-OCR's training and scoring conventions: the long side rescaled to data.base_size x (0.5 + k / 10), k in
+  0..16, padding 0, no crop re-drawing or photometric distortion, cv2 resizing; `epochs` epochs of
+  num_train // batch_size iterations (drop_last); SGD momentum 0.9, poly 0.9 to 0, the heads ('cls', 'aux' and
+  'ocr' modules) at `head_lr_mult` x lr; mIoU over all classes."""
+  config.data.ratio_range = (0.5, 2.1)  # SCALE_FACTOR 16
   config.data.ratio_step = 0.1
   config.data.image_pad_value = (0, 0, 0)
   config.data.cat_max_ratio = 1.0
   config.data.photometric_distortion = False
-  config.data.resize_antialias = False  # cv2
-  _cross_entropy(config, aux_weight=0.4, reduction='valid', class_weight=CITYSCAPES_CLASS_WEIGHTS,
-                 align_corners=True)  # BALANCE_WEIGHTS [0.4, 1]
-  config.train.batch_size = 12
-  config.train.steps = epochs * (cityscapes.NUM_IMAGES['train'] // config.train.batch_size)  # drop_last: 119,548
-  config.train.eval_every = 12_000
-  config.train.checkpoint_every = 4_000
-  config.optim.lr = 0.01
-  config.optim.lr_mults = ()
+  config.data.resize_antialias = False
+  config.train.batch_size = batch_size
+  config.train.steps = epochs * (num_train // batch_size)
+  config.optim.lr = lr
+  config.optim.lr_mults = ((HEADS_PATTERN, head_lr_mult),) if head_lr_mult != 1 else ()
   config.optim.momentum = 0.9
-  config.optim.weight_decay = 5e-4
+  config.optim.weight_decay = weight_decay
   config.optim.end_lr = 0.0
   config.eval.batch_size = 4
   config.eval.miou_convention = 'all'
-  return _hrnet_w48(config, align_corners=True, weight_init='hrnet')
+
+
+def hrnet_ocr_cityscapes(config: ml_collections.ConfigDict, *, epochs: int = 484) -> HeadSettings:
+  """HRNet-OCR's Cityscapes protocol (seg_hrnet_ocr_w48 512x1024, batch 12, `epochs` epochs; see
+  configs/ocrnet_hr48_cityscapes.py); returns the input settings of heads on the concatenated stages."""
+  _cityscapes_512x1024(config)
+  _hrnet_ocr_training(config, num_train=cityscapes.NUM_IMAGES['train'], batch_size=12, epochs=epochs, lr=0.01,
+                      weight_decay=5e-4, head_lr_mult=1.0)  # 484 epochs: 119,548 iterations
+  _cross_entropy(config, aux_weight=0.4, reduction='valid', class_weight=CITYSCAPES_CLASS_WEIGHTS,
+                 align_corners=True)  # BALANCE_WEIGHTS [0.4, 1]
+  config.train.eval_every = 12_000
+  config.train.checkpoint_every = 4_000
+  return _hrnet(config, width=48, align_corners=True, weight_init='hrnet')
+
+
+class Hrnet520(NamedTuple):
+  """One of HRNet-OCR's 520x520 yamls (seg_hrnet_ocr_w48_520x520_*): its schedule, loss and evaluation bounds."""
+  num_train: int  # images in the training list
+  epochs: int
+  lr: float
+  head_lr_mult: float  # NONBACKBONE_MULT for the 'cls', 'aux' and 'ocr' modules (1: none)
+  ohem: bool  # LOSS.USE_OHEM (on the main output only)
+  eval_long_cap: int  # the longest side an eval image resized to short side 520 may have here
+  eval_label_size: tuple[int, int]  # the largest original image, where labels are scored
+
+
+HRNET_520 = {
+    'ade20k': Hrnet520(ade20k.NUM_IMAGES['train'], 120, 0.02, 1.0, True, 2080, (2048, 2048)),
+    'pascal_context_59': Hrnet520(pascal_context.NUM_IMAGES['train'], 200, 0.001, 10.0, False, 1040, (500, 500)),
+    'coco_stuff10k': Hrnet520(coco_stuff.NUM_IMAGES_10K['train2014'], 110, 0.001, 10.0, True, 1040, (640, 640)),
+}
+
+
+def hrnet_ocr_520(config: ml_collections.ConfigDict, dataset: str) -> HeadSettings:
+  """HRNet-OCR's ADE20K, PASCAL-Context-59 and COCO-Stuff-10k protocols (`dataset`, a key of HRNET_520; see
+  configs/ocrnet_hr48_ade20k.py): 520x520 crops, batch 16 as 4 GPUs x 4, SGD momentum 0.9, wd 1e-4, poly 0.9 to 0,
+  OHEM per GPU replica where the yaml uses it; returns the input settings of heads on the concatenated stages."""
+  spec = HRNET_520[dataset]
+  config.data.name = dataset
+  config.data.base_size = 520
+  config.data.crop_size = (520, 520)
+  _hrnet_ocr_training(config, num_train=spec.num_train, batch_size=16, epochs=spec.epochs, lr=spec.lr,
+                      weight_decay=1e-4, head_lr_mult=spec.head_lr_mult)
+  # testval: the short side resized to 520 (the long side capped here at eval_long_cap), scored at the original size.
+  config.data.eval_scale = (spec.eval_long_cap, 520)
+  config.data.eval_size = (spec.eval_long_cap, spec.eval_long_cap)
+  config.data.eval_label_size = spec.eval_label_size
+  _cross_entropy(config, aux_weight=0.4, reduction='valid', align_corners=True)  # BALANCE_WEIGHTS [0.4, 1]
+  if spec.ohem:  # OHEMTHRES 0.9, OHEMKEEP 131072 per replica of 4 images
+    config.loss.terms.ce.reduction = 'ohem'
+    config.loss.terms.ce.ohem_thresh = 0.9
+    config.loss.terms.ce.ohem_min_kept = 131_072
+    config.loss.terms.ce.ohem_group_size = 4
+  config.train.eval_every = 10_000
+  config.train.checkpoint_every = 2_000
+  return _hrnet(config, width=48, align_corners=True, weight_init='hrnet')
 
 
 def pytorch_encoding_pcontext(config: ml_collections.ConfigDict, *, epochs: int = 80) -> HeadSettings:
@@ -177,6 +253,23 @@ def pytorch_encoding_pcontext(config: ml_collections.ConfigDict, *, epochs: int 
   return _r101_d8(config, stem='s', dropout_mode='element')
 
 
+def ocr_on_hrnet(config: ml_collections.ConfigDict, stages: HeadSettings, *, width: int, flavour: str) -> None:
+  """OCRNet's two heads on HRNetV2-W`width`'s concatenated stages (15 x width channels), in `flavour`:
+  'hrnet_ocr' (HRNet-OCR: biased aux conv and 3x3 bottleneck, Dropout2d 0.05, PyTorch's default init) or
+  'mmseg' (CascadeEncoderDecoder: ConvModules without bias, no dropout, mmcv init). The soft-region head runs at
+  inference; its 'aux_logits' feed the OCR head and the protocol's 'aux' loss term."""
+  if flavour not in ('hrnet_ocr', 'mmseg'):
+    raise ValueError(f"flavour={flavour!r}; choose 'hrnet_ocr' or 'mmseg'")
+  hrnet_ocr = flavour == 'hrnet_ocr'
+  init = 'pytorch' if hrnet_ocr else 'mmcv'
+  models.set_head(config.model, 'aux_head', HEADS.config(
+      'fcn', **stages, kernel_size=1, num_convs=1, channels=15 * width, concat_input=False, conv_bias=hrnet_ocr,
+      dropout=0.0, weight_init=init, outputs=('aux_logits',)))
+  models.set_head(config.model, 'decode_head', HEADS.config(
+      'ocr', **stages, reads_outputs=('aux_logits',), channels=512, key_channels=256, bottleneck_bias=hrnet_ocr,
+      dropout=0.05 if hrnet_ocr else 0.0, weight_init=init))
+
+
 def synthetic_demo(config: ml_collections.ConfigDict) -> HeadSettings:
   """The CPU demo: a width-16 dilated ResNet-18 on 96 px synthetic context images, 1200 steps (configs/demo.py)."""
   config.data.name = 'synthetic_context'
@@ -200,3 +293,14 @@ def synthetic_demo(config: ml_collections.ConfigDict) -> HeadSettings:
   config.train.checkpoint_every = 200
   config.eval.batch_size = 40
   return dict(channels=64)
+
+
+def synthetic_demo_hrnet(config: ml_collections.ConfigDict) -> HeadSettings:
+  """The CPU demo's data and budget (`synthetic_demo`) on a width-16 HRNetV2-W18-Small-v2 topology, without an
+  auxiliary head (configs/demo_hrnet.py, configs/demo_ocr.py); returns the input settings of heads on the
+  concatenated stages (16 + 32 + 64 + 128 = 240 channels)."""
+  synthetic_demo(config)
+  config.model.backbone = BACKBONES.config('hrnet', width=16, depth='small', align_corners=False,
+                                           weight_init='kaiming')
+  models.set_head(config.model, 'aux_head', None)
+  return dict(reads=(0, 1, 2, 3), input_transform='resize_concat', align_corners=False)

@@ -96,6 +96,17 @@ def test_invalid_values_name_key_and_valid_choices(key, value, fragment):
   assert fragment in str(error.value)
 
 
+def test_ohem_groups_must_tile_the_batch():
+  config = config_lib.base_config()
+  config.train.batch_size = 16
+  config.loss.terms.ce.reduction = 'ohem'
+  config.loss.terms.ce.ohem_group_size = 4
+  experiment.validate_config(config)
+  config.loss.terms.ce.ohem_group_size = 6
+  with pytest.raises(config_lib.ConfigError, match='ohem_group_size=6 does not divide config.train.batch_size=16'):
+    experiment.validate_config(config)
+
+
 def _cli(*args):
   return subprocess.run([sys.executable, '-m', 'ctxseg_jax.main', *args], cwd=ROOT, capture_output=True,
                         text=True, timeout=300)

@@ -136,6 +136,21 @@ def test_init_statistics():
   np.testing.assert_array_equal(params['conv_seg']['bias'], 0)
 
 
+def test_pytorch_init_style_is_conv2d_reset_parameters():
+  # nn.Conv2d(cin, cout, k): weight and bias U(-b, b), b = 1 / sqrt(cin * k * k); HRNet-OCR's heads keep it.
+  head = FCNHead(num_classes=64, channels=256, num_convs=1, concat_input=False, kernel_size=1, conv_bias=True,
+                 weight_init='pytorch')
+  params = head.init(_key(0), jnp.zeros((1, 4, 4, 576)), train=False)['params']
+  hidden, classifier = params['convs_0']['conv'], params['conv_seg']
+  for conv, fan_in in ((hidden, 576), (classifier, 256)):
+    bound = fan_in**-0.5
+    kernel, bias = conv['kernel'], conv['bias']
+    assert float(jnp.abs(kernel).max()) <= bound and float(jnp.abs(bias).max()) <= bound
+    assert float(jnp.abs(kernel).max()) > 0.99 * bound
+    assert abs(float(kernel.std()) / (bound / np.sqrt(3)) - 1) < 0.02  # the std of U(-b, b)
+    assert float(jnp.abs(bias).min()) > 0  # drawn, not zero as mmcv's
+
+
 # ----------------------------------------------------------------------------------------------- ResNet
 
 # torchvision resnet18/50/101 parameter counts minus the fc layer (512*1000+1000 or 2048*1000+1000).
@@ -233,6 +248,54 @@ def test_fcn_head_param_count_by_hand():
   full = FCNHead(num_classes=150)
   assert _count(_abstract_variables(full, (1, 8, 8, 2048))['params']) == (
       conv_bn(2048, 512) + conv_bn(512, 512) + conv_bn(2560, 512) + 512 * 150 + 150)
+
+
+def test_aspp_head_matches_the_direct_formula():
+  """mmseg's ASPPHead at inference (BN at its initial running statistics, a scale of 1 / sqrt(1 + eps)): image
+  pooling broadcast back, a 1x1 branch and 3x3 branches with dilation and padding d, concat, 3x3 bottleneck."""
+  head = HEADS['aspp'].build(HEADS.config('aspp', channels=4, dilations=(1, 2, 3)), num_classes=3, dtype=jnp.float32)
+  x = jax.random.normal(_key(0), (2, 7, 9, 5))
+  variables = head.init(_key(1), x, train=False)
+  got = head.apply(variables, x, train=False)
+  params = variables['params']
+  bn = 1 / np.sqrt(1 + 1e-5)
+
+  def conv(y, kernel, dilation=1):
+    pad = dilation * (kernel.shape[0] - 1) // 2
+    return jax.lax.conv_general_dilated(y, kernel, (1, 1), [(pad, pad)] * 2, rhs_dilation=(dilation, dilation),
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  pooled = jax.nn.relu(conv(x.mean(axis=(1, 2), keepdims=True), params['image_pool']['conv']['kernel']) * bn)
+  branches = [jnp.broadcast_to(pooled, (2, 7, 9, 4))]
+  for i, d in enumerate((1, 2, 3)):
+    branches.append(jax.nn.relu(conv(x, params[f'aspp_{i}']['conv']['kernel'], d) * bn))
+  y = jax.nn.relu(conv(jnp.concatenate(branches, -1), params['bottleneck']['conv']['kernel']) * bn)
+  want = conv(y, params['conv_seg']['kernel']) + params['conv_seg']['bias']
+  assert params['aspp_0']['conv']['kernel'].shape[:2] == (1, 1)
+  assert params['aspp_1']['conv']['kernel'].shape[:2] == (3, 3)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_projection_heads_give_unit_embeddings_in_training_only():
+  """ContrastiveSeg's convmlp on each stage (1x1 C -> C with bias, BN, ReLU, 1x1 C -> d with bias), L2-normalised;
+  as training-only heads they leave the inference model unchanged."""
+  config = tiny_model_config()
+  for stage in range(4):
+    models.set_head(config, f'proj_{stage}', HEADS.config('projection', reads=(stage,), embed_dim=16, train_only=True,
+                                                          outputs=(f'embed_{stage}',)))
+  model = build_model(config, num_classes=5)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+  variables = model.init({'params': _key(0), 'dropout': _key(1)}, x, train=True)
+  outputs, _ = model.apply(variables, x, train=True, mutable=['batch_stats'], rngs={'dropout': _key(2)})
+  for stage, channels in enumerate((8, 16, 32, 64)):
+    embedding = outputs[f'embed_{stage}']
+    assert embedding.dtype == jnp.float32 and embedding.shape[-1] == 16
+    np.testing.assert_allclose(jnp.linalg.norm(embedding, axis=-1), 1.0, rtol=1e-5)
+    head = variables['params'][f'proj_{stage}']
+    assert _count(head) == channels * channels + channels + 2 * channels + channels * 16 + 16
+  eval_params = model.init({'params': _key(0)}, x, train=False)['params']
+  baseline = build_model(tiny_model_config(), num_classes=5).init({'params': _key(0)}, x, train=False)['params']
+  assert set(eval_params) == set(baseline) and _count(eval_params) == _count(baseline)
 
 
 def test_fcn_head_without_convs_requires_matching_channels():

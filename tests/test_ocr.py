@@ -82,3 +82,28 @@ def test_a_tiny_ocrnet_trains_with_ohem_on_its_logits(tmp_path):
   train.train(config, tmp_path, devices=jax.devices()[:1])
   records = [r for r in reporting.read_metrics(tmp_path) if r['split'] == 'train']
   assert records and all(np.isfinite(r['loss_ce']) and r['loss_ce'] > 0 for r in records)
+
+
+def test_ocr_head_equals_hrnet_ocrs_nchw_formulation():
+  """The whole head in training mode (batch statistics, no dropout) against HRNet-OCR's NCHW code as
+  bench/ocr_head.py writes it, with the same weights."""
+  from bench.ocr_head import direct_head
+  rng = np.random.default_rng(0)
+  features = rng.standard_normal((2, 6, 10, 12)).astype(np.float32)
+  regions = 3 * rng.standard_normal((2, 6, 10, 5)).astype(np.float32)
+  head = HEADS['ocr'].build(HEADS.config('ocr', channels=16, key_channels=8, dropout=0.0, weight_init='pytorch'),
+                            num_classes=5, dtype=jnp.float32)
+  variables = head.init({'params': _key(0)}, features, regions, train=False)
+  got, _ = head.apply(variables, features, regions, train=True, mutable=['batch_stats'])
+  params = variables['params']
+  flat = {'bottleneck': params['bottleneck']['conv'], 'fuse': params['fuse']['conv'], 'cls': params['conv_seg'],
+          **{name: params['object_context'][name]['conv']
+             for name in ('f_pixel_0', 'f_pixel_1', 'f_object_0', 'f_object_1', 'f_down', 'f_up')}}
+  torch_layout = {}
+  for name, conv in flat.items():
+    torch_layout[f'{name}.weight'] = jnp.transpose(conv['kernel'], (3, 2, 0, 1))  # HWIO -> OIHW
+    if 'bias' in conv:
+      torch_layout[f'{name}.bias'] = conv['bias']
+  nchw = lambda x: jnp.transpose(jnp.asarray(x), (0, 3, 1, 2))  # noqa: E731
+  want = direct_head(torch_layout, nchw(features), nchw(regions), 1.0)
+  np.testing.assert_allclose(nchw(got), want, rtol=1e-4, atol=1e-4)

@@ -124,6 +124,21 @@ def fcn(depth, stem, num_classes, *, head, width=64, channels=512, aux_channels=
   return resnet(depth, stem, width) + head_count + aux_fcn_head(stages[2], num_classes, aux_channels)
 
 
+def aspp_head(cin: int, num_classes: int, channels: int = 512, dilations: tuple[int, ...] = (1, 12, 24, 36)) -> int:
+  """mmseg ASPPHead: image_pool (pool + 1x1 ConvModule), one ConvModule per dilation (1x1 for 1, else 3x3), a 3x3
+  bottleneck ConvModule on the concatenation, conv_seg."""
+  branches = conv_module(cin, channels, 1) + sum(conv_module(cin, channels, 1 if d == 1 else 3) for d in dilations)
+  return (branches + conv_module((1 + len(dilations)) * channels, channels, 3)
+          + conv(channels, num_classes, 1, bias=True))
+
+
+def deeplabv3(depth: int, num_classes: int) -> int:
+  """mmseg deeplabv3_r*-d8: ResNetV1c, ASPPHead on stage 4, auxiliary FCNHead on stage 3."""
+  stages = stage_channels(depth)
+  return (resnet(depth, 'v1c') + aspp_head(stages[3], num_classes)
+          + aux_fcn_head(stages[2], num_classes))
+
+
 def linear_probe(depth, stem, num_classes, *, width, aux_channels):
   """A 1x1 classifier (with bias) on the four stages concatenated, plus the auxiliary FCN head."""
   stages = stage_channels(depth, width)
@@ -139,17 +154,25 @@ def basic_block(cin: int, planes: int) -> int:
   return conv_module(cin, planes, 3) + conv_module(planes, planes, 3) + projection
 
 
-def hrnet_v2(width: int) -> int:
-  """HRNet-Semantic-Segmentation HighResolutionNet (W18/W32/W48) without its head: stem, layer1, transitions,
-  stages 2-4 (1, 4, 3 modules of 2, 3, 4 branches, 4 BasicBlocks per branch) and their fuse layers."""
+# The yaml/dict `extra` of each published depth: (layer1 Bottlenecks, ((NUM_MODULES, NUM_BRANCHES, NUM_BLOCKS), ...)).
+HRNET_DEPTHS = {
+    'full': (4, ((1, 2, 4), (4, 3, 4), (3, 4, 4))),  # seg_hrnet_w48 / mmseg hrnetv2 w18, w48
+    'small': (2, ((1, 2, 2), (3, 3, 2), (2, 4, 2))),  # w18_small_v2 / mmseg fcn_hr18s, ocrnet_hr18s
+}
+
+
+def hrnet_v2(width: int, depth: str = 'full') -> int:
+  """HRNet-Semantic-Segmentation HighResolutionNet without its head: stem, layer1, transitions, stages 2-4 (for
+  'full': 1, 4, 3 modules of 2, 3, 4 branches, 4 BasicBlocks per branch) and their fuse layers."""
+  layer1, stages = HRNET_DEPTHS[depth]
   total = conv_module(3, 64, 3) + conv_module(64, 64, 3)
   inplanes = 64
-  for _ in range(4):  # layer1: Bottleneck(64), the first with a projection 64 -> 256
+  for _ in range(layer1):  # layer1: Bottleneck(64), the first with a projection 64 -> 256
     total += conv_module(inplanes, 64, 1) + conv_module(64, 64, 3) + conv_module(64, 256, 1)
     total += conv_module(inplanes, 256, 1) if inplanes != 256 else 0
     inplanes = 256
   previous = [256]
-  for num_modules, num_branches in ((1, 2), (4, 3), (3, 4)):
+  for num_modules, num_branches, num_blocks in stages:
     channels = [width * 2**i for i in range(num_branches)]
     for i, c in enumerate(channels):  # transition
       if i < len(previous):
@@ -157,7 +180,7 @@ def hrnet_v2(width: int) -> int:
       else:
         total += conv_module(previous[-1], c, 3)
     for _ in range(num_modules):
-      total += sum(4 * basic_block(c, c) for c in channels)
+      total += sum(num_blocks * basic_block(c, c) for c in channels)
       for i in range(num_branches):  # fuse_layers[i][j]
         for j in range(num_branches):
           if j > i:
@@ -169,19 +192,38 @@ def hrnet_v2(width: int) -> int:
   return total
 
 
-def hrnet_ocr(width: int, num_classes: int, *, biased: bool = True) -> int:
+def ocr_head(cin: int, num_classes: int, *, biased: bool, mid: int = 512, key: int = 256) -> int:
+  """HRNet-OCR's conv3x3_ocr (3x3 with bias, BN), the object attention block (f_pixel and f_object: two 1x1
+  ConvModules each; f_down, f_up: one), conv_bn_dropout (1x1 ConvModule on 2C) and cls_head (1x1 with bias).
+  mmseg's OCRHead is the same without the bottleneck's bias (`biased` False)."""
+  return (conv(cin, mid, 3, bias=biased) + bn(mid)
+          + 2 * (conv_module(mid, key, 1) + conv_module(key, key, 1)) + conv_module(mid, key, 1)
+          + conv_module(key, mid, 1) + conv_module(2 * mid, mid, 1) + conv(mid, num_classes, 1, bias=True))
+
+
+def hrnet_ocr(width: int, num_classes: int, *, biased: bool = True, depth: str = 'full', mid: int = 512,
+              key: int = 256) -> int:
   """HRNet-OCR's HighResolutionNet: the backbone, aux_head (1x1 conv with bias, BN, 1x1 -> K) on the concatenated
-  stages, conv3x3_ocr (3x3 with bias, BN), the object attention block (f_pixel and f_object: two 1x1 ConvModules
-  each; f_down, f_up: one), conv_bn_dropout (1x1 ConvModule on 2C) and cls_head (1x1 with bias). mmseg's
-  OCRNet (FCNHead + OCRHead) is the same without the biases of the first aux conv and of the 3x3 bottleneck
-  (`biased` False)."""
-  concat = sum(width * 2**i for i in range(4))
-  mid, key = 512, 256
+  stages, and the OCR head. mmseg's OCRNet (FCNHead + OCRHead) is the same without the biases of the first aux
+  conv and of the 3x3 bottleneck (`biased` False)."""
+  concat = 15 * width
   aux = conv(concat, concat, 1, bias=biased) + bn(concat) + conv(concat, num_classes, 1, bias=True)
-  ocr = (conv(concat, mid, 3, bias=biased) + bn(mid)
-         + 2 * (conv_module(mid, key, 1) + conv_module(key, key, 1)) + conv_module(mid, key, 1)
-         + conv_module(key, mid, 1) + conv_module(2 * mid, mid, 1) + conv(mid, num_classes, 1, bias=True))
-  return hrnet_v2(width) + aux + ocr
+  return hrnet_v2(width, depth) + aux + ocr_head(concat, num_classes, biased=biased, mid=mid, key=key)
+
+
+def ocrnet_r101(num_classes: int) -> int:
+  """mmseg ocrnet_r101-d8: ResNetV1c-101, FCNHead on stage 3 (3x3 ConvModule 1024 -> 256, conv_seg) and OCRHead on
+  stage 4 (2048 in)."""
+  stages = stage_channels(101)
+  return (resnet(101, 'v1c') + aux_fcn_head(stages[2], num_classes)
+          + ocr_head(stages[3], num_classes, biased=False))
+
+
+def mmseg_fcn_hrnet(width: int, num_classes: int, depth: str = 'full') -> int:
+  """mmseg's fcn_hr*: the backbone and an FCNHead on the concatenated stages (1x1 ConvModule 15W -> 15W, conv_seg);
+  HRNet master's head is the same with a bias on its first conv."""
+  concat = 15 * width
+  return hrnet_v2(width, depth) + conv_module(concat, concat, 1) + conv(concat, num_classes, 1, bias=True)
 
 
 # (reference architecture, its count from the layer lists above, the count written out)
@@ -202,10 +244,25 @@ REFERENCES = {
                             fcn(18, 'v1c', 8, head='mmseg', width=16, channels=64, aux_channels=32), 942_568),
     'configs/demo_linear.py': ('linear probe of all stages, ResNet-18 V1c width 16, aux 32, 8 classes',
                                linear_probe(18, 'v1c', 8, width=16, aux_channels=32), 722_408),
+    'configs/demo_hrnet.py': ('mmseg FCN HRNetV2, W18-Small-v2 depth at width 16, 8 classes',
+                              mmseg_fcn_hrnet(16, 8, 'small'), 3_162_760),
+    'configs/demo_ocr.py': ('mmseg OCRNet HRNetV2, W18-Small-v2 depth at width 16, OCR 128/64, 8 classes',
+                            hrnet_ocr(16, 8, biased=False, depth='small', mid=128, key=64), 3_515_408),
     'configs/ocrnet_hr48_cityscapes.py': ('HRNet-OCR HRNetV2-W48 + OCR, 19 classes', hrnet_ocr(48, 19),
                                           70_372_678),
     'configs/ocrnet_hr48_cityscapes_mmseg.py': ('mmseg OCRNet HRNetV2p-W48, 19 classes',
                                                 hrnet_ocr(48, 19, biased=False), 70_371_446),
+    'configs/ocrnet_hr18_cityscapes.py': ('mmseg OCRNet HRNetV2p-W18, 19 classes', hrnet_ocr(18, 19, biased=False),
+                                          12_080_036),
+    'configs/ocrnet_hr48_ade20k.py': ('HRNet-OCR HRNetV2-W48 + OCR, 150 classes', hrnet_ocr(48, 150), 70_534_332),
+    'configs/ocrnet_hr48_pcontext.py': ('HRNet-OCR HRNetV2-W48 + OCR, 59 classes', hrnet_ocr(48, 59), 70_422_038),
+    'configs/ocrnet_hr48_coco_stuff10k.py': ('HRNet-OCR HRNetV2-W48 + OCR, 171 classes', hrnet_ocr(48, 171),
+                                             70_560_246),
+    'configs/ocrnet_r101_cityscapes.py': ('mmseg OCRNet R-101-D8, 19 classes', ocrnet_r101(19), 55_516_294),
+    'configs/deeplabv3_r101_cityscapes.py': ('mmseg DeepLabV3 R-101-D8, 19 classes', deeplabv3(101, 19),
+                                              87_105_158),
+    'configs/hrnet_w48_cityscapes.py': ('mmseg FCN HRNetV2p-W48, 19 classes', mmseg_fcn_hrnet(48, 19), 65_858_659),
+    'configs/hrnet_w48_ade20k.py': ('mmseg FCN HRNetV2p-W48, 150 classes', mmseg_fcn_hrnet(48, 150), 65_953_110),
 }
 
 
@@ -221,13 +278,24 @@ def test_param_count_matches_the_reference_architecture(path):
   assert counts['params_total'] == from_layers, f'{name}: ours {counts["params_total"]:,}, reference {from_layers:,}'
 
 
-def test_hrnet_v2_backbones_have_the_reference_parameter_counts():
-  for width in (18, 32, 48):
-    model = BACKBONES['hrnet'].build(BACKBONES.config('hrnet', width=width), dtype=jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init({'params': jax.random.key(0)}, x, train=False),
-                               jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
-    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params'])) == hrnet_v2(width), width
-  # HRNetV2-W48 with its segmentation head (1x1 conv 720 -> 720 with bias, BN, 1x1 -> 19 classes): 65.9M in the
-  # HRNetV2 paper's Cityscapes table.
-  with_head = hrnet_v2(48) + conv(720, 720, 1, bias=True) + bn(720) + conv(720, 19, 1, bias=True)
-  assert round(with_head / 1e5) == 659
+@pytest.mark.parametrize('width,depth', [(18, 'small'), (18, 'full'), (32, 'full'), (48, 'full')])
+def test_hrnet_v2_backbones_have_the_reference_parameter_counts(width, depth):
+  model = BACKBONES['hrnet'].build(BACKBONES.config('hrnet', width=width, depth=depth), dtype=jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init({'params': jax.random.key(0)}, x, train=False),
+                             jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables['params'])) == hrnet_v2(width, depth)
+
+
+def hrnet_v2_segmentation(width: int, depth: str, num_classes: int) -> int:
+  """HRNet master's seg_hrnet: the backbone and its last_layer (1x1 conv C -> C with bias, BN, ReLU, 1x1 -> K with
+  bias) on the concatenated stages, C = 15W."""
+  concat = 15 * width
+  return (hrnet_v2(width, depth) + conv(concat, concat, 1, bias=True) + bn(concat)
+          + conv(concat, num_classes, 1, bias=True))
+
+
+def test_hrnet_v2_published_sizes():
+  # HRNet-Semantic-Segmentation's README, Cityscapes: HRNetV2-W18-Small-v2 3.9M, HRNetV2-W48 65.9M (65.86M in
+  # Contextrast++'s table; 65.9M in the HRNetV2 paper).
+  assert round(hrnet_v2_segmentation(18, 'small', 19) / 1e5) == 39
+  assert round(hrnet_v2_segmentation(48, 'full', 19) / 1e4) == 6586

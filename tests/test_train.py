@@ -11,7 +11,7 @@ from ctxseg_jax.config import ConfigError
 from ctxseg_jax.data import datasets, pipeline
 from ctxseg_jax.evaluate import evaluate
 from ctxseg_jax.progress import NonFiniteLossError
-from tests.tiny_config import get_config, use_encnet
+from tests.tiny_config import get_config, use_encnet, use_ocrnet
 
 
 def _leaves(tree):
@@ -26,21 +26,27 @@ def _one_step(config, devices):
   return state, jax.device_get(metrics)
 
 
-def test_one_device_and_eight_devices_agree():
-  """Same global batch on 1 and on 8 devices: same loss, same update, same BatchNorm statistics (exact SyncBN)."""
+# HRNet-OCR sums more float32 terms, in an order that depends on the sharding: its parameters after one step agree
+# to 2e-5, while its largest update is about 1 (a per-device BN statistic or OHEM selection would move parameters
+# by amounts of the update's size).
+@pytest.mark.parametrize('make_config, atol', [(get_config, 1e-6), (lambda: use_ocrnet(get_config()), 2e-5)],
+                         ids=['fcn', 'hrnet_ocr'])
+def test_one_device_and_eight_devices_agree(make_config, atol):
+  """Same global batch on 1 and on 8 devices: same loss, same update, same BatchNorm statistics (exact SyncBN);
+  for OCRNet also the same OHEM selection, whose groups of 4 images span devices."""
   assert jax.device_count() >= 8, 'tests/conftest.py simulates 8 CPU devices'
-  config = get_config()
+  config = make_config()
   state_1, metrics_1 = _one_step(config, jax.devices()[:1])
   state_8, metrics_8 = _one_step(config, jax.devices()[:8])
   assert metrics_1['loss'] == pytest.approx(metrics_8['loss'], rel=1e-5)
   for a, b in zip(_leaves(state_1.params), _leaves(state_8.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol)
   for a, b in zip(_leaves(state_1.batch_stats), _leaves(state_8.batch_stats)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  # The update itself is not negligible, so agreement above is meaningful.
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=atol)
+  # The update itself is well above the tolerance, so agreement above is meaningful.
   init = experiment.build(config, jax.devices()[:1]).init_state()
   moved = max(float(np.max(np.abs(a - b))) for a, b in zip(_leaves(state_1.params), _leaves(init.params)))
-  assert moved > 1e-4
+  assert moved > 100 * atol
 
 
 def _restore_final(config, workdir):

@@ -28,6 +28,23 @@ def use_encnet(config, se_weight: float = 0.2, **decode_settings):
   return config
 
 
+def use_ocrnet(config):
+  """Turns a tiny config into HRNet-OCR on a width-4 HRNetV2 (W18-Small-v2 depth): a biased 1x1 soft-region head
+  (60 wide, PyTorch init) read by a 16-wide OCR head with 8 key channels and Dropout2d 0.05; OHEM on the logits in
+  groups of 4 images, cross-entropy weighted 0.4 on the regions."""
+  config.model.backbone = BACKBONES.config('hrnet', width=4, depth='small')
+  stages = dict(reads=(0, 1, 2, 3), input_transform='resize_concat', align_corners=True)
+  models.set_head(config.model, 'aux_head', HEADS.config(
+      'fcn', **stages, kernel_size=1, num_convs=1, channels=60, concat_input=False, conv_bias=True, dropout=0.0,
+      weight_init='pytorch', outputs=('aux_logits',)))
+  models.set_head(config.model, 'decode_head', HEADS.config(
+      'ocr', **stages, reads_outputs=('aux_logits',), channels=16, key_channels=8, weight_init='pytorch'))
+  config.loss.terms.ce.reduction = 'ohem'
+  config.loss.terms.ce.ohem_min_kept = 500
+  config.loss.terms.ce.ohem_group_size = 4
+  return config
+
+
 def get_config():
   config = base_config()
   config.name = 'tiny'

@@ -8,7 +8,7 @@ from typing import Any
 import ml_collections
 
 from ctxseg_jax import settings
-from ctxseg_jax.models.heads import encnet, fcn, linear, ocr
+from ctxseg_jax.models.heads import aspp, encnet, fcn, linear, ocr, projection
 from ctxseg_jax.models.segmentor import INPUT_TRANSFORMS
 from ctxseg_jax.settings import Registry, Setting
 
@@ -30,6 +30,8 @@ HEADS = Registry('head', 'type', {
     'enc': encnet.COMPONENT,
     'linear': linear.COMPONENT,
     'ocr': ocr.COMPONENT,
+    'aspp': aspp.COMPONENT,
+    'projection': projection.COMPONENT,
 }, common=WIRING)
 
 

@@ -115,7 +115,7 @@ class EncHead(nn.Module):
     dropout = classifier_dropout(self.dropout, self.dropout_mode, train=train)
     if dropout is not None:
       feat = dropout(feat)
-    outputs = {'logits': conv_seg(self.num_classes, dtype=self.dtype)(feat).astype(jnp.float32)}
+    outputs = {'logits': conv_seg(self.num_classes, feat.shape[-1], dtype=self.dtype)(feat).astype(jnp.float32)}
     if train and self.se_head:
       outputs['se_logits'] = torch_linear(self.num_classes, encoded.shape[-1], name='se_layer')(encoded)
     return outputs

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ctxseg_jax import settings
 from ctxseg_jax.models.heads.base import HeadType
-from ctxseg_jax.models.layers.conv import ConvBNReLU, conv2d
+from ctxseg_jax.models.layers.conv import INIT_STYLES, ConvBNReLU, conv2d, conv_init
 from ctxseg_jax.settings import Setting
 
 Dtype = Any
@@ -34,9 +34,16 @@ def classifier_dropout(rate: float, mode: str, *, train: bool, name: str = 'drop
   return nn.Dropout(rate, broadcast_dims=(1, 2) if mode == 'channel' else (), deterministic=not train, name=name)
 
 
-def conv_seg(num_classes: int, *, dtype: Dtype = jnp.float32, name: str = 'conv_seg') -> nn.Conv:
-  """mmseg's 1x1 classifier: conv with bias, weight N(0, 0.01), bias 0."""
-  return conv2d(num_classes, 1, use_bias=True, dtype=dtype, kernel_init=nn.initializers.normal(0.01), name=name)
+INIT_SETTING = Setting('mmcv', "initialisation of the head's convs: 'mmcv' (Kaiming fan-out, classifier N(0, "
+                       "0.01), biases 0) or 'pytorch' (nn.Conv2d defaults, as HRNet-OCR's heads)",
+                       choices=INIT_STYLES)
+
+
+def conv_seg(num_classes: int, in_channels: int, *, weight_init: str = 'mmcv', dtype: Dtype = jnp.float32,
+             name: str = 'conv_seg') -> nn.Conv:
+  """The 1x1 classifier with bias on `in_channels` (mmseg: weight N(0, 0.01), bias 0; see conv_init)."""
+  return conv2d(num_classes, 1, use_bias=True, dtype=dtype, name=name,
+                **conv_init(weight_init, in_channels, 1, classifier=True))
 
 
 class FCNHead(nn.Module):
@@ -56,6 +63,7 @@ class FCNHead(nn.Module):
     conv_bias: the hidden convs have a bias (HRNet-OCR's auxiliary head; mmseg's ConvModules do not).
     dropout: dropout rate before the classifier; 0 disables it.
     dropout_mode: 'channel' (Dropout2d) or 'element' (Dropout).
+    weight_init: initialisation of the convs, 'mmcv' or 'pytorch' (see layers.conv.conv_init).
     dtype: compute dtype.
   """
   num_classes: int
@@ -66,6 +74,7 @@ class FCNHead(nn.Module):
   conv_bias: bool = False
   dropout: float = 0.1
   dropout_mode: str = 'channel'
+  weight_init: str = 'mmcv'
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -74,18 +83,19 @@ class FCNHead(nn.Module):
     if self.num_convs == 0 and x.shape[-1] != self.channels:
       raise ValueError(f'FCNHead with num_convs=0 passes its input to the classifier, so the input channels '
                        f'({x.shape[-1]}) must equal channels ({self.channels})')
+    hidden = lambda name, y: ConvBNReLU(  # noqa: E731
+        self.channels, self.kernel_size, use_bias=self.conv_bias, dtype=self.dtype, name=name,
+        **conv_init(self.weight_init, y.shape[-1], self.kernel_size))(y, train=train)
     y = x
     for i in range(self.num_convs):
-      y = ConvBNReLU(self.channels, self.kernel_size, use_bias=self.conv_bias, dtype=self.dtype,
-                     name=f'convs_{i}')(y, train=train)
+      y = hidden(f'convs_{i}', y)
     if self.concat_input:
-      y = jnp.concatenate([x.astype(y.dtype), y], axis=-1)
-      y = ConvBNReLU(self.channels, self.kernel_size, use_bias=self.conv_bias, dtype=self.dtype,
-                     name='conv_cat')(y, train=train)
+      y = hidden('conv_cat', jnp.concatenate([x.astype(y.dtype), y], axis=-1))
     dropout = classifier_dropout(self.dropout, self.dropout_mode, train=train)
     if dropout is not None:
       y = dropout(y)
-    return conv_seg(self.num_classes, dtype=self.dtype)(y).astype(jnp.float32)
+    classifier = conv_seg(self.num_classes, y.shape[-1], weight_init=self.weight_init, dtype=self.dtype)
+    return classifier(y).astype(jnp.float32)
 
 
 SETTINGS = {
@@ -96,6 +106,7 @@ SETTINGS = {
                            rule=settings.POSITIVE),
     'conv_bias': Setting(False, 'biased hidden convs (HRNet-OCR\'s auxiliary head: True; mmseg: False)'),
     **DROPOUT_SETTINGS,
+    'weight_init': INIT_SETTING,
 }
 
 
@@ -103,8 +114,7 @@ def build(config, *, num_classes: int, dtype: Dtype) -> FCNHead:
   """The FCNHead of a head config (SETTINGS' keys)."""
   return FCNHead(num_classes=num_classes, channels=config.channels, num_convs=config.num_convs,
                  concat_input=config.concat_input, kernel_size=config.kernel_size, conv_bias=config.conv_bias,
-                 dropout=config.dropout,
-                 dropout_mode=config.dropout_mode, dtype=dtype)
+                 dropout=config.dropout, dropout_mode=config.dropout_mode, weight_init=config.weight_init, dtype=dtype)
 
 
 COMPONENT = HeadType(build, SETTINGS, outputs=('logits',), doc='mmseg FCNHead')

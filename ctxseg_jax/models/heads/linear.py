@@ -28,7 +28,7 @@ class LinearHead(nn.Module):
     dropout = classifier_dropout(self.dropout, self.dropout_mode, train=train)
     if dropout is not None:
       x = dropout(x)
-    return conv_seg(self.num_classes, dtype=self.dtype)(x.astype(self.dtype)).astype(jnp.float32)
+    return conv_seg(self.num_classes, x.shape[-1], dtype=self.dtype)(x.astype(self.dtype)).astype(jnp.float32)
 
 
 def build(config, *, num_classes: int, dtype: Any) -> LinearHead:

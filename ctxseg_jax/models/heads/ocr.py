@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from ctxseg_jax import settings
 from ctxseg_jax.models.heads.base import HeadType
-from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, classifier_dropout, conv_seg
-from ctxseg_jax.models.layers.conv import ConvBNReLU
+from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, INIT_SETTING, classifier_dropout, conv_seg
+from ctxseg_jax.models.layers.conv import ConvBNReLU, conv_init
 from ctxseg_jax.settings import Setting
 
 Dtype = Any
@@ -42,9 +42,11 @@ class ObjectContext(nn.Module):
 
   Attributes:
     key_channels: C_key of the query/key/value transforms (HRNet-OCR: 256).
+    weight_init: initialisation of the convs, 'mmcv' or 'pytorch' (see layers.conv.conv_init).
     dtype: compute dtype; the relation softmax is float32.
   """
   key_channels: int = 256
+  weight_init: str = 'mmcv'
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -52,8 +54,8 @@ class ObjectContext(nn.Module):
     """(B, h, w, C) pixels, (B, K, C) objects -> (B, h, w, C) context."""
     batch, height, width, channels = x.shape
     regions = objects[:, :, None, :].astype(self.dtype)  # (B, K, 1, C): a 1x1 conv acts on each region
-    transform = lambda name, y, out=self.key_channels: ConvBNReLU(out, 1, dtype=self.dtype, name=name)(  # noqa: E731
-        y, train=train)
+    transform = lambda name, y, out=self.key_channels: ConvBNReLU(  # noqa: E731
+        out, 1, dtype=self.dtype, name=name, **conv_init(self.weight_init, y.shape[-1], 1))(y, train=train)
     query = transform('f_pixel_1', transform('f_pixel_0', x)).reshape(batch, -1, self.key_channels)
     key = transform('f_object_1', transform('f_object_0', regions)).reshape(batch, -1, self.key_channels)
     value = transform('f_down', regions).reshape(batch, -1, self.key_channels)
@@ -73,6 +75,7 @@ class OCRHead(nn.Module):
     bottleneck_bias: the 3x3 bottleneck conv has a bias (HRNet-OCR: True; mmseg: False).
     gather_scale: the scale of the region logits in the gather softmax (1).
     dropout, dropout_mode: before the classifier (HRNet-OCR: Dropout2d 0.05).
+    weight_init: initialisation of the convs, 'mmcv' or 'pytorch' (HRNet-OCR; see layers.conv.conv_init).
     dtype: compute dtype.
   """
   num_classes: int
@@ -82,20 +85,25 @@ class OCRHead(nn.Module):
   gather_scale: float = 1.0
   dropout: float = 0.05
   dropout_mode: str = 'channel'
+  weight_init: str = 'mmcv'
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, region_logits: jax.Array, *, train: bool) -> jax.Array:
     """(B, h, w, C_in) features, (B, h, w, K) region logits -> (B, h, w, num_classes) float32 logits."""
-    x = ConvBNReLU(self.channels, 3, use_bias=self.bottleneck_bias, dtype=self.dtype, name='bottleneck')(
-        x, train=train)
+    x = ConvBNReLU(self.channels, 3, use_bias=self.bottleneck_bias, dtype=self.dtype, name='bottleneck',
+                   **conv_init(self.weight_init, x.shape[-1], 3))(x, train=train)
     objects = gather_objects(x, region_logits, self.gather_scale)
-    context = ObjectContext(self.key_channels, dtype=self.dtype, name='object_context')(x, objects, train=train)
-    y = ConvBNReLU(self.channels, 1, dtype=self.dtype, name='fuse')(jnp.concatenate([context, x], -1), train=train)
+    context = ObjectContext(self.key_channels, self.weight_init, dtype=self.dtype, name='object_context')(
+        x, objects, train=train)
+    y = jnp.concatenate([context, x], -1)
+    y = ConvBNReLU(self.channels, 1, dtype=self.dtype, name='fuse', **conv_init(self.weight_init, y.shape[-1], 1))(
+        y, train=train)
     dropout = classifier_dropout(self.dropout, self.dropout_mode, train=train)
     if dropout is not None:
       y = dropout(y)
-    return conv_seg(self.num_classes, dtype=self.dtype)(y).astype(jnp.float32)
+    classifier = conv_seg(self.num_classes, self.channels, weight_init=self.weight_init, dtype=self.dtype)
+    return classifier(y).astype(jnp.float32)
 
 
 SETTINGS = {
@@ -107,6 +115,7 @@ SETTINGS = {
     'gather_scale': Setting(1.0, 'scale of the region logits in the gather softmax', rule=settings.POSITIVE),
     **DROPOUT_SETTINGS,
     'dropout': Setting(0.05, 'Dropout2d rate before the classifier (HRNet-OCR 0.05)', rule=settings.UNIT_INTERVAL),
+    'weight_init': INIT_SETTING,
 }
 
 
@@ -114,7 +123,7 @@ def build(config, *, num_classes: int, dtype: Dtype) -> OCRHead:
   """The OCRHead of a head config (SETTINGS' keys)."""
   return OCRHead(num_classes=num_classes, channels=config.channels, key_channels=config.key_channels,
                  bottleneck_bias=config.bottleneck_bias, gather_scale=config.gather_scale, dropout=config.dropout,
-                 dropout_mode=config.dropout_mode, dtype=dtype)
+                 dropout_mode=config.dropout_mode, weight_init=config.weight_init, dtype=dtype)
 
 
 COMPONENT = HeadType(build, SETTINGS, outputs=('logits',), extra_inputs=1,

@@ -17,6 +17,33 @@ Initializer = Callable[..., jax.Array]
 # kaiming_init as used by mmseg ConvModule and ResNet, and PyTorch-Encoding's ResNet conv init.
 KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
+# The initialisation of a head's convs, by convention: 'mmcv' (Kaiming fan-out ConvModules; classifiers N(0, 0.01);
+# biases 0) or 'pytorch' (nn.Conv2d's own reset_parameters, which HRNet-OCR leaves on its heads).
+INIT_STYLES = ('mmcv', 'pytorch')
+# nn.Conv2d's default kernel init, kaiming_uniform(a=sqrt(5)): U(-b, b) with b = 1 / sqrt(fan_in).
+TORCH_DEFAULT_KERNEL = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
+
+def _uniform(bound: float) -> Initializer:
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def conv_init(style: str, in_channels: int, kernel_size: int, *, classifier: bool = False) -> dict[str, Initializer]:
+  """`kernel_init` and `bias_init` of a head conv reading `in_channels` through a square `kernel_size` kernel.
+
+  'mmcv': Kaiming normal fan-out, or N(0, 0.01) for a `classifier` (mmseg's conv_seg); biases 0.
+  'pytorch': nn.Conv2d's defaults, kernel and bias U(-b, b) with b = 1 / sqrt(in_channels * kernel_size**2).
+  """
+  if style == 'pytorch':
+    return dict(kernel_init=TORCH_DEFAULT_KERNEL, bias_init=_uniform((in_channels * kernel_size**2)**-0.5))
+  if style != 'mmcv':
+    raise ValueError(f'init style {style!r} is not supported; choose one of {list(INIT_STYLES)}')
+  return dict(kernel_init=nn.initializers.normal(0.01) if classifier else KAIMING_FAN_OUT,
+              bias_init=nn.initializers.zeros)
+
+
 # PyTorch BatchNorm2d defaults: momentum 0.1 on the new statistic == Flax momentum 0.9 on the running one.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -90,8 +117,9 @@ class ConvBNReLU(nn.Module):
     stride: conv stride.
     dilation: conv dilation.
     activate: apply ReLU after BN.
-    use_bias: give the conv a bias (zero-initialised) before the BN, as HRNet-OCR's biased convs have.
+    use_bias: give the conv a bias before the BN, as HRNet-OCR's biased convs have.
     kernel_init: initialiser of the conv kernel (Kaiming fan-out, as mmcv).
+    bias_init: initialiser of the conv bias, when `use_bias`.
     dtype: compute dtype.
   """
   features: int
@@ -101,12 +129,13 @@ class ConvBNReLU(nn.Module):
   activate: bool = True
   use_bias: bool = False
   kernel_init: Initializer = KAIMING_FAN_OUT
+  bias_init: Initializer = nn.initializers.zeros
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """(B, H, W, C_in) -> (B, H', W', features) in `dtype`."""
     x = conv2d(self.features, self.kernel_size, stride=self.stride, dilation=self.dilation, use_bias=self.use_bias,
-               dtype=self.dtype, kernel_init=self.kernel_init, name='conv')(x)
+               dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init, name='conv')(x)
     x = batch_norm(train=train, dtype=self.dtype, name='bn')(x)
     return nn.relu(x) if self.activate else x

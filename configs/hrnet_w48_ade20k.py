@@ -1,0 +1,31 @@
+"""HRNetV2p-W48 baseline (FCN head on the concatenated stages), ADE20K 150 classes, 512x512 crops, 160k iterations:
+the mmseg protocol.
+
+Target: mmseg configs/hrnet/fcn_hr48_4xb4-160k_ade20k-512x512.py, 42.02 mIoU single-scale (43.86 ms+flip), mean
+over classes present.
+
+Protocol: that of configs/encnet_ade20k.py (4 GPUs x 4 images, SGD lr 0.01, wd 5e-4, poly to 1e-4, keep-ratio scale
+(2048, 512) x U(0.5, 2.0), 512x512 crops with cat_max_ratio 0.75, PhotoMetricDistortion; test at scale (2048,
+512), whole image), cross-entropy over all pixels, no auxiliary loss.
+Model: HRNetV2p-W48 (align_corners False); FCNHead (1x1 ConvModule 720 -> 720, no dropout, 1x1 classifier) on the
+concatenated stages.
+
+Not yet reproduced here: the ImageNet-pretrained weights (weight import is planned); per-image eval shapes (see
+configs/encnet_ade20k.py).
+
+python -m ctxseg_jax.main --config configs/hrnet_w48_ade20k.py --config.data.root=/data/ADEChallengeData2016
+"""
+from ctxseg_jax import models, protocols
+from ctxseg_jax.config import base_config
+from ctxseg_jax.losses import set_term
+from ctxseg_jax.models.heads import HEADS
+
+
+def get_config():
+  config = base_config()
+  config.name = 'hrnet_w48_ade20k'
+  stages = protocols.mmseg_hrnet_ade20k_160k(config)
+  models.set_head(config.model, 'decode_head', HEADS.config(
+      'fcn', **stages, kernel_size=1, num_convs=1, channels=720, concat_input=False, dropout=0.0))
+  set_term(config.loss, 'aux', None)  # no auxiliary head
+  return config

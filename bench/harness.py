@@ -1,7 +1,8 @@
 """What every layer benchmark shares: timing a step, peak RSS, one subprocess per implementation, the device line.
 
 A layer benchmark's `main` is `layer_main(...)`: the parent spawns one child per implementation (`--worker impl`),
-which builds its step, times it with `time_step` and prints one JSON row on its last stdout line.
+which builds its step, times it with `time_step` and prints one JSON row on its last stdout line. `shapes_main(...)`
+does the same at several input shapes, one child per (implementation, shape) (`--worker impl --shape 8,19,128,256`).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -45,11 +46,11 @@ def time_step(step: Callable[[], Any], repeats: int, warmup: int) -> dict[str, A
           'rss_before_mib': rss_before, 'peak_rss_mib': rss_mib()}
 
 
-def spawn(script: str, impl: str, repeats: int, warmup: int) -> dict[str, Any]:
-  """Runs `script --worker impl` in its own process on the CPU and returns the row it prints."""
+def spawn(script: str, impl: str, repeats: int, warmup: int, worker_args: Sequence[str] = ()) -> dict[str, Any]:
+  """Runs `script --worker impl [worker_args]` in its own process on the CPU and returns the row it prints."""
   env = dict(os.environ, JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'))
   cmd = [sys.executable, os.path.abspath(script), '--worker', impl, '--repeats', str(repeats), '--warmup',
-         str(warmup)]
+         str(warmup), *worker_args]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
     raise RuntimeError(f'{impl} worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
@@ -106,5 +107,70 @@ def layer_main(argv: list[str] | None, *, script: str, doc: str, impls: tuple[st
   results = [by_impl[impl] for impl in args.impls]
   report = {'results': results, 'shape': shape, 'device': device(), 'repeats': args.repeats, 'warmup': args.warmup}
   print(table(results, baseline=baseline, unit=unit))
+  with open(args.out, 'w') as f:
+    json.dump(report, f, indent=2)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+  """'8,19,128,256' -> (8, 19, 128, 256)."""
+  try:
+    shape = tuple(int(dim) for dim in text.split(','))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'a shape is comma-separated integers, e.g. 8,19,128,256; got {text!r}')
+  if not shape or min(shape) < 1:
+    raise argparse.ArgumentTypeError(f'shape dims must be positive; got {text!r}')
+  return shape
+
+
+def shapes_table(results: list[dict[str, Any]], *, baseline: str, unit: str) -> str:
+  """Per row: implementation, shape, median and min time in `unit`, peak RSS, exactness and the speed-up over the
+  `baseline` row of the same shape."""
+  scale = {'s': 1.0, 'ms': 1e3}[unit]
+  base = {tuple(r['shape']): r for r in results if r['impl'] == baseline}
+  width = max(len(r['impl']) for r in results) + 2
+  shape_width = max(len(','.join(map(str, r['shape']))) for r in results) + 2
+  lines = [f'{"impl":<{width}} {"shape":<{shape_width}} {"median " + unit:>10} {"min " + unit:>9} '
+           f'{"peak RSS MiB":>13} {"exact":>6} {"vs " + baseline:>{len(baseline) + 3}}']
+  for r in results:
+    ref = base.get(tuple(r['shape']))
+    speedup = f'{ref["median_s"] / r["median_s"]:.2f}x' if ref else '-'
+    lines.append(f'{r["impl"]:<{width}} {",".join(map(str, r["shape"])):<{shape_width}} '
+                 f'{r["median_s"] * scale:>10.2f} {r["min_s"] * scale:>9.2f} {r["peak_rss_mib"]:>13.0f} '
+                 f'{str(r.get("exact", "-")):>6} {speedup:>{len(baseline) + 3}}')
+  return '\n'.join(lines)
+
+
+def shapes_main(argv: list[str] | None, *, script: str, doc: str, impls: tuple[str, ...],
+                run_worker: Callable[[str, tuple[int, ...], int, int], dict[str, Any]],
+                shapes: tuple[tuple[int, ...], ...], baseline: str, unit: str, repeats: int, warmup: int) -> None:
+  """The command line of a benchmark over several shapes: `--out FILE [--shapes S ...] [--repeats N] [--warmup N]
+  [--impls ...]` times each implementation at each shape in its own process and writes {"results": [...],
+  "device", "repeats", "warmup"}, one row per (implementation, shape) with its "shape"; `--worker IMPL --shape S`
+  is the child's side (run_worker(impl, shape, repeats, warmup) returns the row)."""
+  parser = argparse.ArgumentParser(description=doc.split('\n', 1)[0])
+  parser.add_argument('--out', help='JSON file to write the results to.')
+  parser.add_argument('--shapes', nargs='+', type=parse_shape, default=list(shapes),
+                      help='input shapes, each comma-separated (default: %(default)s)')
+  parser.add_argument('--repeats', type=int, default=repeats, help='timed steps per implementation and shape')
+  parser.add_argument('--warmup', type=int, default=warmup, help='untimed steps first (compilation included)')
+  parser.add_argument('--impls', nargs='+', choices=impls, default=list(impls))
+  parser.add_argument('--worker', choices=impls, help=argparse.SUPPRESS)
+  parser.add_argument('--shape', type=parse_shape, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.worker:
+    if args.shape is None:
+      parser.error('--worker needs --shape')
+    print(json.dumps(run_worker(args.worker, args.shape, args.repeats, args.warmup)))
+    return
+  if not args.out:
+    parser.error('--out is required')
+  results = []
+  for shape in args.shapes:
+    for impl in args.impls:
+      row = spawn(script, impl, args.repeats, args.warmup, ['--shape', ','.join(map(str, shape))])
+      print(f'{impl} {shape}: {row["median_s"]:.4f} s', file=sys.stderr, flush=True)
+      results.append(row)
+  report = {'results': results, 'device': device(), 'repeats': args.repeats, 'warmup': args.warmup}
+  print(shapes_table(results, baseline=baseline, unit=unit))
   with open(args.out, 'w') as f:
     json.dump(report, f, indent=2)

@@ -139,6 +139,12 @@ def deeplabv3(depth: int, num_classes: int) -> int:
           + aux_fcn_head(stages[2], num_classes))
 
 
+def projection_heads(stages: tuple[int, ...], embed_dim: int) -> int:
+  """Contextrast's projection head on each stage, ContrastiveSeg's convmlp: 1x1 conv c -> c with bias, BN, 1x1 conv
+  c -> embed_dim with bias."""
+  return sum(conv(c, c, 1, bias=True) + bn(c) + conv(c, embed_dim, 1, bias=True) for c in stages)
+
+
 def linear_probe(depth, stem, num_classes, *, width, aux_channels):
   """A 1x1 classifier (with bias) on the four stages concatenated, plus the auxiliary FCN head."""
   stages = stage_channels(depth, width)
@@ -242,6 +248,9 @@ REFERENCES = {
                         encnet(18, 'v1c', 8, lateral=False, width=16, channels=64, aux_channels=32), 805_904),
     'configs/demo_fcn.py': ('mmseg FCN, ResNet-18 V1c width 16, head 64, aux 32, 8 classes',
                             fcn(18, 'v1c', 8, head='mmseg', width=16, channels=64, aux_channels=32), 942_568),
+    'configs/demo_contextrast.py': ('mmseg FCN, ResNet-18 V1c width 16, + 4 projection heads to 32, 8 classes',
+                                    fcn(18, 'v1c', 8, head='mmseg', width=16, channels=64, aux_channels=32)
+                                    + projection_heads(stage_channels(18, 16), 32), 972_856),
     'configs/demo_linear.py': ('linear probe of all stages, ResNet-18 V1c width 16, aux 32, 8 classes',
                                linear_probe(18, 'v1c', 8, width=16, aux_channels=32), 722_408),
     'configs/demo_hrnet.py': ('mmseg FCN HRNetV2, W18-Small-v2 depth at width 16, 8 classes',
@@ -261,6 +270,8 @@ REFERENCES = {
     'configs/ocrnet_r101_cityscapes.py': ('mmseg OCRNet R-101-D8, 19 classes', ocrnet_r101(19), 55_516_294),
     'configs/deeplabv3_r101_cityscapes.py': ('mmseg DeepLabV3 R-101-D8, 19 classes', deeplabv3(101, 19),
                                               87_105_158),
+    'configs/contextrast.py': ('mmseg DeepLabV3 R-101-D8, 19 classes, + 4 projection heads to 256',
+                               deeplabv3(101, 19) + projection_heads(stage_channels(101), 256), 93_671_302),
     'configs/hrnet_w48_cityscapes.py': ('mmseg FCN HRNetV2p-W48, 19 classes', mmseg_fcn_hrnet(48, 19), 65_858_659),
     'configs/hrnet_w48_ade20k.py': ('mmseg FCN HRNetV2p-W48, 150 classes', mmseg_fcn_hrnet(48, 150), 65_953_110),
 }
@@ -299,3 +310,17 @@ def test_hrnet_v2_published_sizes():
   # Contextrast++'s table; 65.9M in the HRNetV2 paper).
   assert round(hrnet_v2_segmentation(18, 'small', 19) / 1e5) == 39
   assert round(hrnet_v2_segmentation(48, 'full', 19) / 1e4) == 6586
+
+
+@pytest.mark.parametrize('model, inference, training', [('hrnet_w48', 65_858_659, 66_242_003),
+                                                        ('ocrnet_hr48', 70_371_446, 70_754_790)])
+def test_contextrast_cells_add_only_training_parameters(model, inference, training):
+  stages = tuple(48 * 2**i for i in range(4))
+  baseline = mmseg_fcn_hrnet(48, 19) if model == 'hrnet_w48' else hrnet_ocr(48, 19, biased=False)
+  assert (baseline, baseline + projection_heads(stages, 256)) == (inference, training)
+  for cell, total in ((f'{model},cityscapes', training), (f'{model},cityscapes,baseline', inference)):
+    counts = summary.parameter_counts(load(f'configs/contextrast.py:{cell}'))
+    assert (counts['params_inference'], counts['params_total']) == (inference, total), cell
+  # Contextrast++ reports HRNet-W48 at 65.86M parameters, 66.24M while training with Contextrast.
+  if model == 'hrnet_w48':
+    assert (round(inference / 1e4), round(training / 1e4)) == (6586, 6624)

@@ -45,6 +45,16 @@ def use_ocrnet(config):
   return config
 
 
+def use_contextrast(config, num_negatives: int = 32):
+  """Adds Contextrast to a tiny config: an 8-wide training-only projection head on each stage and the pixel-anchor
+  term (weight 0.1) with `num_negatives` per anchor."""
+  for stage in range(4):
+    models.set_head(config.model, f'proj_{stage + 1}', HEADS.config(
+        'projection', reads=(stage,), embed_dim=8, train_only=True, outputs=(f'embed_{stage + 1}',)))
+  set_term(config.loss, 'contextrast', TERMS.config('contextrast', weight=0.1, num_negatives=num_negatives))
+  return config
+
+
 def get_config():
   config = base_config()
   config.name = 'tiny'

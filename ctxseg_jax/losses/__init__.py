@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ctxseg_jax import settings
-from ctxseg_jax.losses import cross_entropy, se_loss
+from ctxseg_jax.losses import contextrast, cross_entropy, se_loss
 from ctxseg_jax.settings import Registry, Setting
 
 Outputs = dict[str, jax.Array]
@@ -33,6 +33,7 @@ WEIGHTING = {
 TERMS = Registry('loss term', 'type', {
     'cross_entropy': cross_entropy.COMPONENT,
     'se': se_loss.COMPONENT,
+    'contextrast': contextrast.COMPONENT,
 }, common=WEIGHTING)
 
 
@@ -56,9 +57,11 @@ def problems(loss: ml_collections.ConfigDict, train_outputs: list[str] | None, n
   for name, term in loss.terms.items():
     key = f'config.{prefix}.terms.{name}'
     term_errors = TERMS.problems(f'{prefix}.terms.{name}', term)
-    if not term_errors and term.weight > 0 and train_outputs is not None and term.output not in train_outputs:
-      term_errors.append(f'{key}.output={term.output!r} is not an output of the model; its outputs in training '
-                         f'are {train_outputs} (or set {key}.weight=0 to leave the term out)')
+    reads = {'output': term.output, **{f'embeddings[{i}]': name for i, name in enumerate(term.get('embeddings', ()))}}
+    for setting, output in reads.items():
+      if not term_errors and term.weight > 0 and train_outputs is not None and output not in train_outputs:
+        term_errors.append(f'{key}.{setting}={output!r} is not an output of the model; its outputs in training '
+                           f'are {train_outputs} (or set {key}.weight=0 to leave the term out)')
     class_weight = term.get('class_weight', ())
     if not term_errors and num_classes is not None and class_weight and len(class_weight) != num_classes:
       term_errors.append(f'{key}.class_weight has {len(class_weight)} entries; the dataset has {num_classes} '

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from ctxseg_jax import settings
 from ctxseg_jax.models.heads.base import HeadType
-from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, INIT_SETTING, classifier_dropout, conv_seg
+from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, INIT_SETTING, classify
 from ctxseg_jax.models.layers.conv import ConvBNReLU, conv_init
 from ctxseg_jax.settings import Setting
 
@@ -59,11 +59,8 @@ class ASPPHead(nn.Module):
     y = jnp.concatenate(branches, axis=-1)
     y = ConvBNReLU(self.channels, 3, dtype=self.dtype, name='bottleneck',
                    **conv_init(self.weight_init, y.shape[-1], 3))(y, train=train)
-    dropout = classifier_dropout(self.dropout, self.dropout_mode, train=train)
-    if dropout is not None:
-      y = dropout(y)
-    classifier = conv_seg(self.num_classes, self.channels, weight_init=self.weight_init, dtype=self.dtype)
-    return classifier(y).astype(jnp.float32)
+    return classify(y, self.num_classes, dropout=self.dropout, dropout_mode=self.dropout_mode,
+                    weight_init=self.weight_init, dtype=self.dtype, train=train)
 
 
 SETTINGS = {

@@ -46,6 +46,16 @@ def conv_seg(num_classes: int, in_channels: int, *, weight_init: str = 'mmcv', d
                 **conv_init(weight_init, in_channels, 1, classifier=True))
 
 
+def classify(y: jax.Array, num_classes: int, *, dropout: float, dropout_mode: str, weight_init: str, dtype: Dtype,
+             train: bool) -> jax.Array:
+  """A decode head's last step (mmseg's cls_seg): dropout, then `conv_seg` -> float32 (B, h, w, num_classes)
+  logits. Call it from a head's compact method: its layers are the head's 'dropout' and 'conv_seg'."""
+  layer = classifier_dropout(dropout, dropout_mode, train=train)
+  if layer is not None:
+    y = layer(y)
+  return conv_seg(num_classes, y.shape[-1], weight_init=weight_init, dtype=dtype)(y).astype(jnp.float32)
+
+
 class FCNHead(nn.Module):
   """Fully convolutional segmentation head (mmseg FCNHead, also PyTorch-Encoding's FCNHead).
 
@@ -91,11 +101,8 @@ class FCNHead(nn.Module):
       y = hidden(f'convs_{i}', y)
     if self.concat_input:
       y = hidden('conv_cat', jnp.concatenate([x.astype(y.dtype), y], axis=-1))
-    dropout = classifier_dropout(self.dropout, self.dropout_mode, train=train)
-    if dropout is not None:
-      y = dropout(y)
-    classifier = conv_seg(self.num_classes, y.shape[-1], weight_init=self.weight_init, dtype=self.dtype)
-    return classifier(y).astype(jnp.float32)
+    return classify(y, self.num_classes, dropout=self.dropout, dropout_mode=self.dropout_mode,
+                    weight_init=self.weight_init, dtype=self.dtype, train=train)
 
 
 SETTINGS = {

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from ctxseg_jax import settings
 from ctxseg_jax.models.heads.base import HeadType
-from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, INIT_SETTING, classifier_dropout, conv_seg
+from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, INIT_SETTING, classify
 from ctxseg_jax.models.layers.conv import ConvBNReLU, conv_init
 from ctxseg_jax.settings import Setting
 
@@ -99,11 +99,8 @@ class OCRHead(nn.Module):
     y = jnp.concatenate([context, x], -1)
     y = ConvBNReLU(self.channels, 1, dtype=self.dtype, name='fuse', **conv_init(self.weight_init, y.shape[-1], 1))(
         y, train=train)
-    dropout = classifier_dropout(self.dropout, self.dropout_mode, train=train)
-    if dropout is not None:
-      y = dropout(y)
-    classifier = conv_seg(self.num_classes, self.channels, weight_init=self.weight_init, dtype=self.dtype)
-    return classifier(y).astype(jnp.float32)
+    return classify(y, self.num_classes, dropout=self.dropout, dropout_mode=self.dropout_mode,
+                    weight_init=self.weight_init, dtype=self.dtype, train=train)
 
 
 SETTINGS = {

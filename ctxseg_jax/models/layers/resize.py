@@ -90,6 +90,22 @@ def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = Fal
   return y.astype(dtype)
 
 
+def resize_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:
+  """Nearest-neighbour resize of the two axes after the first, like PyTorch `F.interpolate(mode='nearest')`:
+  output (i, j) reads input (floor(i * H / out_H), floor(j * W / out_W)) (in exact integer arithmetic).
+
+  Args:
+    x: (B, H, W, ...) array of any dtype (label maps, class indices).
+    size: (out_H, out_W).
+  Returns:
+    (B, out_H, out_W, ...) array of x's dtype.
+  """
+  out_h, out_w = (int(s) for s in size)
+  rows = (np.arange(out_h) * x.shape[1]) // out_h
+  cols = (np.arange(out_w) * x.shape[2]) // out_w
+  return x[:, rows][:, :, cols]
+
+
 def _dynamic_taps(in_size: jax.Array, out_size: jax.Array, out_len: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The two source indices and the weight of the second for each of out_len outputs, mapping [0, in_size) onto
   [0, out_size) with align_corners=False (the formulas of `linear_taps`, for traced sizes).

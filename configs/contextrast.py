@@ -9,9 +9,9 @@ fcn_hr48: HRNetV2p-W48 and its 1x1 head) and `ocrnet_hr48` (mmseg OCRNet HRNetV2
 single-scale test). The other datasets of the paper's table (CamVid, ADE20K, PASCAL-Context, COCO-Stuff) are
 not cells yet.
 
-Targets (mIoU, Cityscapes val; Contextrast++ Table III, the same authors' re-report of the CVPR paper; the
-baselines are mmseg's model-zoo numbers): DeepLabV3 77.12 -> 79.35 with Contextrast, HRNetV2-W48 78.48 -> 82.20,
-OCRNet-W48 79.95 -> 81.94.
+Targets (mIoU, Cityscapes val; Contextrast++ Table III, the same authors' re-report of the CVPR paper): DeepLabV3
+77.12 -> 79.35 with Contextrast, HRNetV2-W48 78.48 -> 82.20, OCRNet-W48 79.95 -> 81.94. The first two baselines
+are mmseg's model-zoo numbers at 40k; mmseg's OCRNet HRNetV2p-W48 at 40k scores 80.58 (ms+flip 81.79), not 79.95.
 
 Contextrast: a training-only projection head (ContrastiveSeg's convmlp to 256, L2-normalised) on each of the four
 encoder layers (ResNet stages 1-4; HRNet's four branches) and the pixel-anchor term weighted alpha = 0.1 with the

@@ -16,6 +16,32 @@ def test_shipped_configs_validate(path):
   assert config.name.startswith(os.path.splitext(os.path.basename(path))[0])  # + the cell, for a file taking one
 
 
+CONTEXTRAST_CELLS = [f'{model},cityscapes{suffix}' for model in ('deeplabv3_r101', 'hrnet_w48', 'ocrnet_hr48')
+                     for suffix in ('', ',baseline')]
+
+
+@pytest.mark.parametrize('cell', CONTEXTRAST_CELLS)
+def test_every_contextrast_cell_validates_and_differs_from_its_baseline_only_by_contextrast(cell):
+  config = load(f'configs/contextrast.py:{cell}')
+  experiment.validate_config(config)
+  if not cell.endswith('baseline'):
+    baseline = load(f'configs/contextrast.py:{cell},baseline')
+    added = set(config.model.heads) - set(baseline.model.heads)
+    assert added == {'proj_1', 'proj_2', 'proj_3', 'proj_4'}
+    assert set(config.loss.terms) - set(baseline.loss.terms) == {'contextrast'}
+    with config.unlocked():
+      config.name = baseline.name
+      for name in added:
+        del config.model.heads[name]
+      del config.loss.terms['contextrast']
+    assert config.to_dict() == baseline.to_dict()
+
+
+def test_a_cell_that_does_not_exist_names_the_valid_ones():
+  with pytest.raises(ValueError, match=r"contextrast.py:deeplabv3_r101,camvid is not a cell.*'cityscapes'"):
+    load('configs/contextrast.py:deeplabv3_r101,camvid')
+
+
 def test_demo_pair_differs_only_in_the_decode_head_and_the_se_loss():
   encnet, fcn = load('configs/demo.py'), load('configs/demo_fcn.py')
   assert (encnet.model.heads.decode_head.type, fcn.model.heads.decode_head.type) == ('enc', 'fcn')

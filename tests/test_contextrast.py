@@ -21,12 +21,17 @@ def _labels(rng, shape, num_classes, ignore=0.1):
   return np.where(rng.random(shape) < ignore, 255, labels).astype(np.int32)
 
 
-def test_resize_nearest_is_pytorchs_floor_rule():
-  x = np.arange(2 * 5 * 7).reshape(2, 5, 7)
-  got = np.asarray(resize_nearest(jnp.asarray(x), (3, 4)))
-  for i in range(3):
-    for j in range(4):
-      np.testing.assert_array_equal(got[:, i, j], x[:, (i * 5) // 3, (j * 7) // 4])
+@pytest.mark.parametrize('in_size, out_size', [(5, 3), (7, 4), (26, 22), (39, 33), (8, 16)])
+def test_resize_nearest_is_pytorchs_float32_floor_rule(in_size, out_size):
+  x = np.arange(2 * in_size * in_size).reshape(2, in_size, in_size)
+  got = np.asarray(resize_nearest(jnp.asarray(x), (out_size, out_size)))
+  scale = np.float32(in_size) / np.float32(out_size)
+  for i in range(out_size):
+    for j in range(out_size):
+      src_i, src_j = (min(int(np.floor(np.float32(k) * scale)), in_size - 1) for k in (i, j))
+      np.testing.assert_array_equal(got[:, i, j], x[:, src_i, src_j])
+  if (in_size, out_size) == (26, 22):  # float32 rounding, as PyTorch: 11 * (26 / 22) reads 12, not 13
+    np.testing.assert_array_equal(got[:, 11, 0], x[:, 12, 0])
 
 
 def test_anchors_are_class_means_over_the_batch():
@@ -128,7 +133,8 @@ def test_hard_negatives_raise_the_loss_of_the_anchor_they_were_predicted_as():
     np.testing.assert_allclose(loss(), want, rtol=1e-6)
 
 
-def test_contextrast_loss_updates_lower_anchors_with_the_last_layers():
+@pytest.mark.parametrize('normalize_anchors', [True, False])
+def test_contextrast_loss_updates_lower_anchors_with_the_last_layers(normalize_anchors):
   rng = np.random.default_rng(3)
   low, high = _unit(rng, (2, 8, 8, 4)), _unit(rng, (2, 4, 4, 4))
   labels = _labels(rng, (2, 16, 16), 3)
@@ -136,7 +142,8 @@ def test_contextrast_loss_updates_lower_anchors_with_the_last_layers():
   value, scalars = contextrast.contextrast_loss(
       [jnp.asarray(low), jnp.asarray(high)], jnp.asarray(logits), jnp.asarray(labels), jax.random.key(0),
       layer_weights=(0.4, 1.0), anchor_weights=(0.3, 0.7), temperature=0.1, num_negatives=10_000, num_positives=0,
-      bane_fraction=0.5, bane_region='true', normalize_anchors=True, detach_anchors=False, ignore_index=255)
+      bane_fraction=0.5, bane_region='true', normalize_anchors=normalize_anchors, detach_anchors=False,
+      ignore_index=255)
   per_layer = []
   high_labels = labels[:, ::4, ::4]
   high_anchors = np.stack([high[high_labels == n].mean(0) for n in range(3)])
@@ -144,10 +151,27 @@ def test_contextrast_loss_updates_lower_anchors_with_the_last_layers():
     anchors = np.stack([embedding[layer_labels == n].mean(0) for n in range(3)])
     if update:
       anchors = 0.3 * anchors + 0.7 * high_anchors
-    anchors /= np.linalg.norm(anchors, axis=-1, keepdims=True)
+    if normalize_anchors:
+      anchors /= np.linalg.norm(anchors, axis=-1, keepdims=True)
     per_layer.append(_loss_direct(embedding, layer_labels, anchors, np.ones(3, bool), 0.1))
   np.testing.assert_allclose([scalars['layer1'], scalars['layer2']], per_layer, rtol=1e-5)
   np.testing.assert_allclose(value, 0.4 * per_layer[0] + per_layer[1], rtol=1e-5)
+
+
+@pytest.mark.parametrize('detach_anchors', [False, True])
+def test_a_class_without_negatives_costs_nothing_and_gradients_stay_finite(detach_anchors):
+  """One class present (no negatives for its anchor), the others absent (zero anchors)."""
+  rng = np.random.default_rng(5)
+  labels = jnp.full((2, 8, 8), 1, jnp.int32).at[:, :2].set(255)
+
+  def loss(e):
+    return contextrast.contextrast_loss(
+        [e, e[:, ::2, ::2]], jnp.zeros((2, 4, 4, 3)), labels, jax.random.key(0), layer_weights=(0.5, 1.0),
+        anchor_weights=(0.5, 0.5), temperature=0.1, num_negatives=8, num_positives=0, bane_fraction=0.5,
+        bane_region='true', normalize_anchors=True, detach_anchors=detach_anchors, ignore_index=255)[0]
+
+  value, grad = jax.value_and_grad(loss)(jnp.asarray(_unit(rng, (2, 4, 4, 8))))
+  assert abs(float(value)) < 1e-6 and bool(jnp.all(jnp.isfinite(grad)))
 
 
 def test_all_ignored_gives_zero_loss_and_finite_gradients():

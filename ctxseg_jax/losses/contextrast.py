@@ -2,7 +2,7 @@
 
 For each encoder layer i (embeddings E_i (B, h_i, w_i, d), unit length, from training-only projection heads):
   labels g_i and predictions y_i: the label map and the argmax of the final logits (no gradient), both resized
-    to (h_i, w_i) by nearest neighbour (PyTorch F.interpolate(mode='nearest'): src = floor(dst * in / out));
+    to (h_i, w_i) by nearest neighbour (PyTorch F.interpolate(mode='nearest'), layers.resize.resize_nearest);
   anchors (eq. 1): A_i[n] = mean of the layer-i embeddings whose label is n, over the whole (global) batch, so the
     anchors are exact under data parallelism; anchor update: A^_i[n] = w_l A_i[n] + w_h A_I[n] for classes present
     at both layer i and the last layer I, A^_i[n] = A_i[n] otherwise, A^_I = A_I; then (`normalize_anchors`)
@@ -36,6 +36,8 @@ from ctxseg_jax.ops.distance_transform import distance_transform_edt
 from ctxseg_jax.settings import Setting
 
 BANE_REGIONS = ('true', 'predicted')
+# float32 products on accelerators that would otherwise round matmul operands to bf16 (logits are divided by tau).
+HIGHEST = jax.lax.Precision.HIGHEST
 NO_NEGATIVES = -1e4  # the log-sum-exp of an empty set of negatives: exp(-1e4) is 0 in float32
 
 
@@ -52,7 +54,7 @@ def class_anchors(embeddings: jax.Array, labels: jax.Array, num_classes: int) ->
   flat = embeddings.reshape(-1, embeddings.shape[-1])
   one_hot = jax.nn.one_hot(labels.reshape(-1), num_classes, dtype=flat.dtype)  # out-of-range rows are all zero
   counts = jnp.sum(one_hot, axis=0)
-  sums = one_hot.T @ flat
+  sums = jnp.matmul(one_hot.T, flat, precision=HIGHEST)
   return sums / jnp.maximum(counts, 1)[:, None], counts.astype(jnp.int32)
 
 
@@ -122,7 +124,7 @@ def pixel_anchor_loss(embeddings: jax.Array, labels: jax.Array, predictions: jax
   tiers = jnp.where(other & hard[None, :] & (flat_predictions[None, :] == classes), 2.0, other.astype(jnp.float32))
   negative_key, positive_key = jax.random.split(key)
   negatives, negative_mask = _draw(tiers, negative_key, num_negatives)  # (K, M)
-  negative_logits = jnp.einsum('kd,kmd->km', anchors, flat[negatives]) / temperature
+  negative_logits = jnp.einsum('kd,kmd->km', anchors, flat[negatives], precision=HIGHEST) / temperature
   # An anchor without negatives contributes log(1 + 0) = 0: its log-sum-exp stands at a finite floor, not -inf,
   # so that no gradient of it is NaN.
   negative_lse = jnp.maximum(jax.nn.logsumexp(jnp.where(negative_mask, negative_logits, NO_NEGATIVES), axis=1),
@@ -130,12 +132,14 @@ def pixel_anchor_loss(embeddings: jax.Array, labels: jax.Array, predictions: jax
   if num_positives:
     mine = (valid[None, :] & (flat_labels[None, :] == classes)).astype(jnp.float32)
     positives, positive_mask = _draw(mine, positive_key, num_positives)  # (K, P)
-    positive_logits = jnp.einsum('kd,kpd->kp', anchors, flat[positives]) / temperature
+    positive_logits = jnp.einsum('kd,kpd->kp', anchors, flat[positives], precision=HIGHEST) / temperature
     losses = jnp.logaddexp(0.0, negative_lse[:, None] - positive_logits)
     per_class = jnp.sum(jnp.where(positive_mask, losses, 0.0), axis=1) / jnp.maximum(jnp.sum(positive_mask, 1), 1)
   else:
     safe_labels = jnp.where(valid, flat_labels, 0)
-    positive_logits = jnp.sum(flat * anchors[safe_labels], axis=-1) / temperature  # (N,)
+    # Every embedding against every anchor, (N, K): no (N, d) gather of anchors.
+    all_logits = jnp.matmul(flat, anchors.T, precision=HIGHEST) / temperature
+    positive_logits = jnp.take_along_axis(all_logits, safe_labels[:, None], axis=1)[:, 0]  # (N,)
     losses = jnp.where(valid, jnp.logaddexp(0.0, negative_lse[safe_labels] - positive_logits), 0.0)
     sums = jax.ops.segment_sum(losses, safe_labels, num_segments=num_classes)
     counts = jax.ops.segment_sum(valid.astype(jnp.float32), safe_labels, num_segments=num_classes)

@@ -91,8 +91,9 @@ def resize_bilinear(x: jax.Array, size: Sequence[int], align_corners: bool = Fal
 
 
 def resize_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:
-  """Nearest-neighbour resize of the two axes after the first, like PyTorch `F.interpolate(mode='nearest')`:
-  output (i, j) reads input (floor(i * H / out_H), floor(j * W / out_W)) (in exact integer arithmetic).
+  """Nearest-neighbour resize of the two axes after the first, as PyTorch `F.interpolate(mode='nearest')` indexes:
+  output i reads input min(floor(i * s), in - 1) with s = in / out rounded to float32 (so 26 -> 22 reads 12 at
+  output 11 where exact arithmetic would give 13).
 
   Args:
     x: (B, H, W, ...) array of any dtype (label maps, class indices).
@@ -100,10 +101,16 @@ def resize_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:
   Returns:
     (B, out_H, out_W, ...) array of x's dtype.
   """
-  out_h, out_w = (int(s) for s in size)
-  rows = (np.arange(out_h) * x.shape[1]) // out_h
-  cols = (np.arange(out_w) * x.shape[2]) // out_w
+  rows, cols = (_nearest_sources(x.shape[axis], int(out)) for axis, out in ((1, size[0]), (2, size[1])))
   return x[:, rows][:, :, cols]
+
+
+def _nearest_sources(in_size: int, out_size: int) -> np.ndarray:
+  """PyTorch's nearest_idx: the identity for equal sizes, else min(floor(i * float32(in / out)), in - 1)."""
+  if in_size == out_size:
+    return np.arange(out_size)
+  scale = np.float32(in_size) / np.float32(out_size)
+  return np.minimum(np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64), in_size - 1)
 
 
 def _dynamic_taps(in_size: jax.Array, out_size: jax.Array, out_len: int) -> tuple[jax.Array, jax.Array, jax.Array]:

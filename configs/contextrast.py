@@ -43,9 +43,7 @@ def _hrnet_stages(config):
 
 
 def _hrnet_w48(config):
-  models.set_head(config.model, 'decode_head', HEADS.config(
-      'fcn', **_hrnet_stages(config), kernel_size=1, num_convs=1, channels=720, concat_input=False, dropout=0.0))
-  set_term(config.loss, 'aux', None)  # no auxiliary head
+  protocols.hrnet_v2_head(config, _hrnet_stages(config), width=48)
 
 
 def _ocrnet_hr48(config):

@@ -4,17 +4,12 @@ friendly). The same data, backbone and budget as configs/demo_ocr.py: only the h
 
 python -m ctxseg_jax.main --config configs/demo_hrnet.py --workdir runs/demo_hrnet
 """
-from ctxseg_jax import models, protocols
+from ctxseg_jax import protocols
 from ctxseg_jax.config import base_config
-from ctxseg_jax.losses import set_term
-from ctxseg_jax.models.heads import HEADS
 
 
 def get_config():
   config = base_config()
   config.name = 'demo_hrnet'
-  stages = protocols.synthetic_demo_hrnet(config)
-  models.set_head(config.model, 'decode_head', HEADS.config(
-      'fcn', **stages, kernel_size=1, num_convs=1, channels=240, concat_input=False, dropout=0.0))
-  set_term(config.loss, 'aux', None)  # no auxiliary head
+  protocols.hrnet_v2_head(config, protocols.synthetic_demo_hrnet(config), width=16)
   return config

@@ -15,17 +15,12 @@ configs/encnet_ade20k.py).
 
 python -m ctxseg_jax.main --config configs/hrnet_w48_ade20k.py --config.data.root=/data/ADEChallengeData2016
 """
-from ctxseg_jax import models, protocols
+from ctxseg_jax import protocols
 from ctxseg_jax.config import base_config
-from ctxseg_jax.losses import set_term
-from ctxseg_jax.models.heads import HEADS
 
 
 def get_config():
   config = base_config()
   config.name = 'hrnet_w48_ade20k'
-  stages = protocols.mmseg_hrnet_ade20k_160k(config)
-  models.set_head(config.model, 'decode_head', HEADS.config(
-      'fcn', **stages, kernel_size=1, num_convs=1, channels=720, concat_input=False, dropout=0.0))
-  set_term(config.loss, 'aux', None)  # no auxiliary head
+  protocols.hrnet_v2_head(config, protocols.mmseg_hrnet_ade20k_160k(config), width=48)
   return config

@@ -253,6 +253,14 @@ def pytorch_encoding_pcontext(config: ml_collections.ConfigDict, *, epochs: int 
   return _r101_d8(config, stem='s', dropout_mode='element')
 
 
+def hrnet_v2_head(config: ml_collections.ConfigDict, stages: HeadSettings, *, width: int) -> None:
+  """HRNetV2's segmentation head on HRNetV2-W`width`'s concatenated stages, as mmseg's fcn_hr* configs build it (a
+  1x1 ConvModule 15W -> 15W, no dropout, conv_seg), as the decode head; no auxiliary head, so no 'aux' loss."""
+  models.set_head(config.model, 'decode_head', HEADS.config(
+      'fcn', **stages, kernel_size=1, num_convs=1, channels=15 * width, concat_input=False, dropout=0.0))
+  set_term(config.loss, 'aux', None)
+
+
 def ocr_on_hrnet(config: ml_collections.ConfigDict, stages: HeadSettings, *, width: int, flavour: str) -> None:
   """OCRNet's two heads on HRNetV2-W`width`'s concatenated stages (15 x width channels), in `flavour`:
   'hrnet_ocr' (HRNet-OCR: biased aux conv and 3x3 bottleneck, Dropout2d 0.05, PyTorch's default init) or

@@ -140,6 +140,57 @@ def mmseg_cityscapes_40k(config: ml_collections.ConfigDict) -> HeadSettings:
   return shared
 
 
+class ContextrastSchedule(NamedTuple):
+  """One dataset of Contextrast's grid (Contextrast++ Table II, mmseg-based)."""
+  batch_size: int
+  steps: int
+  lr: float
+
+
+CONTEXTRAST_SCHEDULES = {
+    'cityscapes': ContextrastSchedule(8, 40_000, 0.01),
+    'camvid': ContextrastSchedule(16, 6_000, 0.02),
+    'ade20k': ContextrastSchedule(12, 80_000, 0.01),
+    'pcontext': ContextrastSchedule(16, 60_000, 0.01),
+    'coco_stuff': ContextrastSchedule(16, 60_000, 0.01),
+}
+
+
+def _contextrast_data(config: ml_collections.ConfigDict, dataset: str) -> None:
+  """mmseg's pipeline for `dataset` with the crop Contextrast trains on (512x1024 Cityscapes, 360x480 CamVid,
+  512x512 elsewhere): keep-ratio rescale x U(0.5, 2.0), crop with cat_max_ratio 0.75, flip, PhotoMetricDistortion."""
+  data = config.data
+  data.ratio_range = (0.5, 2.0)
+  if dataset == 'cityscapes':
+    _cityscapes_512x1024(config)
+  elif dataset == 'camvid':  # 480x360 images: the mmseg convention at the native scale, scored on the test split
+    data.name, data.eval_split = 'camvid', 'test'
+    data.base_size, data.crop_size, data.eval_size = 480, (360, 480), (360, 480)
+  elif dataset == 'pcontext':  # mmseg pascal_context_59: scale (520, 520)
+    data.name = 'pascal_context_59'
+    data.base_size, data.crop_size = 520, (512, 512)
+    data.eval_scale, data.eval_size, data.eval_label_size = (520, 520), (520, 520), (500, 500)
+  else:  # ADE20K and COCO-Stuff-10k: mmseg's scale (2048, 512)
+    data.name = 'ade20k' if dataset == 'ade20k' else 'coco_stuff10k'
+    data.base_size, data.base_short_side, data.crop_size = 2048, 512, (512, 512)
+    data.eval_scale, data.eval_size = (2048, 512), (2048, 2048)
+    data.eval_label_size = (2048, 2048) if dataset == 'ade20k' else (640, 640)
+  _mmseg_augmentation(config)
+
+
+def contextrast_grid(config: ml_collections.ConfigDict, dataset: str, backbone: str) -> HeadSettings:
+  """The protocol of a cell of Contextrast's grid (see configs/contextrast.py): `dataset` a key of
+  CONTEXTRAST_SCHEDULES, `backbone` 'r101_d8' (with mmseg's auxiliary FCN head) or 'hrnet_w48'; SGD momentum 0.9,
+  wd 5e-4, poly to 1e-4, cross-entropy over all pixels (auxiliary 0.4); returns the decode heads' settings."""
+  schedule = CONTEXTRAST_SCHEDULES[dataset]
+  _contextrast_data(config, dataset)
+  _mmseg_sgd(config, batch_size=schedule.batch_size, steps=schedule.steps, eval_every=schedule.steps // 10)
+  config.optim.lr = schedule.lr
+  if backbone == 'r101_d8':
+    return _r101_d8(config, stem='v1c', dropout_mode='channel')
+  return _hrnet(config, width=48, align_corners=False, weight_init='kaiming')
+
+
 # HRNet-OCR's fixed Cityscapes class weights (lib/datasets/cityscapes.py), used in its cross-entropy.
 CITYSCAPES_CLASS_WEIGHTS = (0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023, 0.9539,
                             0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507)

@@ -16,7 +16,8 @@ def test_shipped_configs_validate(path):
   assert config.name.startswith(os.path.splitext(os.path.basename(path))[0])  # + the cell, for a file taking one
 
 
-CONTEXTRAST_CELLS = [f'{model},cityscapes{suffix}' for model in ('deeplabv3_r101', 'hrnet_w48', 'ocrnet_hr48')
+CONTEXTRAST_CELLS = [f'{model},{dataset}{suffix}' for model in ('deeplabv3_r101', 'hrnet_w48', 'ocrnet_hr48')
+                     for dataset in ('cityscapes', 'camvid', 'ade20k', 'pcontext', 'coco_stuff')
                      for suffix in ('', ',baseline')]
 
 
@@ -38,8 +39,8 @@ def test_every_contextrast_cell_validates_and_differs_from_its_baseline_only_by_
 
 
 def test_a_cell_that_does_not_exist_names_the_valid_ones():
-  with pytest.raises(ValueError, match=r"contextrast.py:deeplabv3_r101,camvid is not a cell.*'cityscapes'"):
-    load('configs/contextrast.py:deeplabv3_r101,camvid')
+  with pytest.raises(ValueError, match=r"contextrast.py:deeplabv3_r101,voc is not a cell.*'coco_stuff'"):
+    load('configs/contextrast.py:deeplabv3_r101,voc')
 
 
 def test_demo_pair_differs_only_in_the_decode_head_and_the_se_loss():

@@ -57,9 +57,11 @@ def problems(loss: ml_collections.ConfigDict, train_outputs: list[str] | None, n
   for name, term in loss.terms.items():
     key = f'config.{prefix}.terms.{name}'
     term_errors = TERMS.problems(f'{prefix}.terms.{name}', term)
-    reads = {'output': term.output, **{f'embeddings[{i}]': name for i, name in enumerate(term.get('embeddings', ()))}}
-    for setting, output in reads.items():
-      if not term_errors and term.weight > 0 and train_outputs is not None and output not in train_outputs:
+    if not term_errors and term.weight > 0 and train_outputs is not None:
+      missing = [(setting, output) for setting, output in TERMS[term.type].reads(term).items()
+                 if output not in train_outputs]
+      if missing:  # the first one: the others are named once it is fixed
+        setting, output = missing[0]
         term_errors.append(f'{key}.{setting}={output!r} is not an output of the model; its outputs in training '
                            f'are {train_outputs} (or set {key}.weight=0 to leave the term out)')
     class_weight = term.get('class_weight', ())

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from ctxseg_jax import settings
+from ctxseg_jax.losses.base import TermType
 from ctxseg_jax.models.layers.resize import resize_nearest
 from ctxseg_jax.ops.distance_transform import distance_transform_edt
 from ctxseg_jax.settings import Setting
@@ -232,4 +233,8 @@ def build(config, *, ignore_index: int):
   return term
 
 
-COMPONENT = settings.Component(build, SETTINGS, doc="Contextrast's pixel-anchor loss with BANE negatives")
+def _reads(config) -> dict[str, str]:
+  return {'output': config.output, **{f'embeddings[{i}]': name for i, name in enumerate(config.embeddings)}}
+
+
+COMPONENT = TermType(build, SETTINGS, reads=_reads, doc="Contextrast's pixel-anchor loss with BANE negatives")

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ctxseg_jax import settings
+from ctxseg_jax.losses.base import TermType
 from ctxseg_jax.models.layers.resize import resize_bilinear
 from ctxseg_jax.settings import Setting
 
@@ -130,4 +131,4 @@ def build(config, *, ignore_index: int):
   return term
 
 
-COMPONENT = settings.Component(build, SETTINGS, doc='pixel softmax cross-entropy with ignore index, or OHEM')
+COMPONENT = TermType(build, SETTINGS, doc='pixel softmax cross-entropy with ignore index, or OHEM')

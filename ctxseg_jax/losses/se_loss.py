@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ctxseg_jax import settings
+from ctxseg_jax.losses.base import TermType
 
 
 def class_presence(labels: jax.Array, num_classes: int, ignore_index: int) -> jax.Array:
@@ -47,4 +47,4 @@ def build(config, *, ignore_index: int):
   return term
 
 
-COMPONENT = settings.Component(build, doc="EncNet's SE-loss: BCE on per-image class presence")
+COMPONENT = TermType(build, doc="EncNet's SE-loss: BCE on per-image class presence")

@@ -30,8 +30,6 @@ class ConfigError(ValueError):
   """A config key or value that cannot run, with a message naming the key and the fix."""
 
 
-
-
 def base_config() -> ml_collections.ConfigDict:
   """Returns the full schema with reference defaults (mmseg FCN-R50-D8 style), locked against new keys."""
   c = ml_collections.ConfigDict()

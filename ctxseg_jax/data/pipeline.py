@@ -90,7 +90,8 @@ def train_iterator(source: SegmentationSource, data_config: ml_collections.Confi
       base_size=data_config.base_size, ratio_range=tuple(data_config.ratio_range),
       ratio_step=data_config.ratio_step, crop_size=tuple(data_config.crop_size), flip=data_config.flip,
       image_pad_value=data_config.image_pad_value, base_short_side=data_config.base_short_side,
-      cat_max_ratio=data_config.cat_max_ratio, photometric_distortion=data_config.photometric_distortion, resize_antialias=data_config.resize_antialias)
+      cat_max_ratio=data_config.cat_max_ratio, photometric_distortion=data_config.photometric_distortion,
+      resize_antialias=data_config.resize_antialias)
   dataset = (shard.seed(seed).shuffle().repeat().random_map(augment)
              .batch(per_process_batch, drop_remainder=True).to_iter_dataset(_read_options(data_config)))
   workers = data_config.worker_count if worker_count is None else worker_count

@@ -123,10 +123,11 @@ class TrainAugment(grain.transforms.RandomMap):
   This is mmseg's order (RandomResize, RandomCrop, RandomFlip, PhotoMetricDistortion, then padding to the crop
   size), and PyTorch-Encoding's up to the order of flip and crop, which commute in distribution. The long side
   is rescaled to base_size * r, r ~ U(ratio_range) (or, with ratio_step > 0, r = low + ratio_step * k with k
-  uniform over the steps within the range, as HRNet draws 0.5 + k / 10), keeping the aspect ratio; with base_short_side > 0 the scale
-  is also capped so that the short side is at most base_short_side * r (mmseg's keep-ratio RandomResize with
-  scale (base_size, base_short_side)). The crop is at most crop_size (an image smaller than the crop is taken
-  whole); cat_max_ratio < 1 re-draws crops dominated by one class (mmseg RandomCrop). Padding goes bottom/right
+  uniform over the steps within the range, as HRNet draws 0.5 + k / 10), keeping the aspect ratio; with
+  base_short_side > 0 the scale is also capped so that the short side is at most base_short_side * r (mmseg's
+  keep-ratio RandomResize with scale (base_size, base_short_side)). The crop is at most crop_size (an image
+  smaller than the crop is taken whole); cat_max_ratio < 1 re-draws crops dominated by one class (mmseg
+  RandomCrop). Padding goes bottom/right
   (image: image_pad_value, label: ignore), after the flip and the distortion, so padded pixels are never moved
   or distorted. The rescale resamples the image with `resize_image` (resize_antialias: PIL's antialiasing
   bilinear, else OpenCV-like, then computed for the crop window alone) and the label nearest (`resize_label`).

@@ -69,17 +69,44 @@ def device() -> str:
 
 
 def table(results: list[dict[str, Any]], *, baseline: str, unit: str) -> str:
-  """Median and min time in `unit` ('s' or 'ms'), peak RSS, GFLOP/s and the speed-up over the `baseline` row."""
+  """Per row: implementation, shape (when rows have one), median and min time in `unit` ('s' or 'ms'), peak RSS,
+  GFLOP/s and exactness (when rows have them), and the speed-up over the `baseline` row of the same shape."""
   scale = {'s': 1.0, 'ms': 1e3}[unit]
-  base = next((r for r in results if r['impl'] == baseline), None)
-  width = max(len(r['impl']) for r in results) + 2
-  lines = [f'{"impl":<{width}} {"median " + unit:>10} {"min " + unit:>9} {"peak RSS MiB":>13} {"GFLOP/s":>8} '
-           f'{"vs " + baseline:>{len(baseline) + 3}}']
-  for r in results:
-    speedup = f'{base["median_s"] / r["median_s"]:.2f}x' if base else '-'
-    lines.append(f'{r["impl"]:<{width}} {r["median_s"] * scale:>10.2f} {r["min_s"] * scale:>9.2f} '
-                 f'{r["peak_rss_mib"]:>13.0f} {r["gflops"]:>8.1f} {speedup:>{len(baseline) + 3}}')
+  shape_of = lambda r: ','.join(map(str, r['shape'])) if 'shape' in r else ''  # noqa: E731
+  base = {shape_of(r): r for r in results if r['impl'] == baseline}
+  columns = [('impl', max(len(r['impl']) for r in results) + 2, '<', lambda r: r['impl'])]
+  if any('shape' in r for r in results):
+    columns.append(('shape', max(len(shape_of(r)) for r in results) + 2, '<', shape_of))
+  columns += [('median ' + unit, 10, '>', lambda r: f'{r["median_s"] * scale:.2f}'),
+              ('min ' + unit, 9, '>', lambda r: f'{r["min_s"] * scale:.2f}'),
+              ('peak RSS MiB', 13, '>', lambda r: f'{r["peak_rss_mib"]:.0f}')]
+  if any('gflops' in r for r in results):
+    columns.append(('GFLOP/s', 8, '>', lambda r: f'{r["gflops"]:.1f}'))
+  if any('exact' in r for r in results):
+    columns.append(('exact', 6, '>', lambda r: str(r.get('exact', '-'))))
+  columns.append(('vs ' + baseline, len(baseline) + 3, '>', lambda r: (
+      f'{base[shape_of(r)]["median_s"] / r["median_s"]:.2f}x' if shape_of(r) in base else '-')))
+  lines = [' '.join(f'{title:{align}{width}}' for title, width, align, _ in columns)]
+  lines += [' '.join(f'{cell(r):{align}{width}}' for _, width, align, cell in columns) for r in results]
   return '\n'.join(lines)
+
+
+def _parser(doc: str, impls: tuple[str, ...], repeats: int, warmup: int) -> argparse.ArgumentParser:
+  """The options every benchmark takes: --out, --repeats, --warmup, --impls, and --worker (the child's side)."""
+  parser = argparse.ArgumentParser(description=doc.split('\n', 1)[0])
+  parser.add_argument('--out', help='JSON file to write the results to.')
+  parser.add_argument('--repeats', type=int, default=repeats, help='timed steps per implementation (and shape)')
+  parser.add_argument('--warmup', type=int, default=warmup, help='untimed steps first (compilation included)')
+  parser.add_argument('--impls', nargs='+', choices=impls, default=list(impls))
+  parser.add_argument('--worker', choices=impls, help=argparse.SUPPRESS)
+  return parser
+
+
+def _report(out: str, report: dict[str, Any], *, baseline: str, unit: str) -> None:
+  """Prints the results' table and writes `report` as JSON to `out`."""
+  print(table(report['results'], baseline=baseline, unit=unit))
+  with open(out, 'w') as f:
+    json.dump(report, f, indent=2)
 
 
 def layer_main(argv: list[str] | None, *, script: str, doc: str, impls: tuple[str, ...],
@@ -88,12 +115,7 @@ def layer_main(argv: list[str] | None, *, script: str, doc: str, impls: tuple[st
   """The command line of a layer benchmark: `--out FILE [--repeats N] [--warmup N] [--impls ...]` times each
   implementation in its own process (those in `first` before the others, so that the fast forms run back to back)
   and writes {"results": [...], "shape", "device", "repeats", "warmup"}; `--worker IMPL` is the child's side."""
-  parser = argparse.ArgumentParser(description=doc.split('\n', 1)[0])
-  parser.add_argument('--out', help='JSON file to write the results to.')
-  parser.add_argument('--repeats', type=int, default=repeats, help='timed steps per implementation')
-  parser.add_argument('--warmup', type=int, default=warmup, help='untimed steps first (compilation included)')
-  parser.add_argument('--impls', nargs='+', choices=impls, default=list(impls))
-  parser.add_argument('--worker', choices=impls, help=argparse.SUPPRESS)
+  parser = _parser(doc, impls, repeats, warmup)
   args = parser.parse_args(argv)
   if args.worker:
     print(json.dumps(run_worker(args.worker, args.repeats, args.warmup)))
@@ -105,10 +127,8 @@ def layer_main(argv: list[str] | None, *, script: str, doc: str, impls: tuple[st
     by_impl[impl] = spawn(script, impl, args.repeats, args.warmup)
     print(f'{impl}: {by_impl[impl]["median_s"]:.4f} s', file=sys.stderr, flush=True)
   results = [by_impl[impl] for impl in args.impls]
-  report = {'results': results, 'shape': shape, 'device': device(), 'repeats': args.repeats, 'warmup': args.warmup}
-  print(table(results, baseline=baseline, unit=unit))
-  with open(args.out, 'w') as f:
-    json.dump(report, f, indent=2)
+  _report(args.out, {'results': results, 'shape': shape, 'device': device(), 'repeats': args.repeats,
+                     'warmup': args.warmup}, baseline=baseline, unit=unit)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -122,24 +142,6 @@ def parse_shape(text: str) -> tuple[int, ...]:
   return shape
 
 
-def shapes_table(results: list[dict[str, Any]], *, baseline: str, unit: str) -> str:
-  """Per row: implementation, shape, median and min time in `unit`, peak RSS, exactness and the speed-up over the
-  `baseline` row of the same shape."""
-  scale = {'s': 1.0, 'ms': 1e3}[unit]
-  base = {tuple(r['shape']): r for r in results if r['impl'] == baseline}
-  width = max(len(r['impl']) for r in results) + 2
-  shape_width = max(len(','.join(map(str, r['shape']))) for r in results) + 2
-  lines = [f'{"impl":<{width}} {"shape":<{shape_width}} {"median " + unit:>10} {"min " + unit:>9} '
-           f'{"peak RSS MiB":>13} {"exact":>6} {"vs " + baseline:>{len(baseline) + 3}}']
-  for r in results:
-    ref = base.get(tuple(r['shape']))
-    speedup = f'{ref["median_s"] / r["median_s"]:.2f}x' if ref else '-'
-    lines.append(f'{r["impl"]:<{width}} {",".join(map(str, r["shape"])):<{shape_width}} '
-                 f'{r["median_s"] * scale:>10.2f} {r["min_s"] * scale:>9.2f} {r["peak_rss_mib"]:>13.0f} '
-                 f'{str(r.get("exact", "-")):>6} {speedup:>{len(baseline) + 3}}')
-  return '\n'.join(lines)
-
-
 def shapes_main(argv: list[str] | None, *, script: str, doc: str, impls: tuple[str, ...],
                 run_worker: Callable[[str, tuple[int, ...], int, int], dict[str, Any]],
                 shapes: tuple[tuple[int, ...], ...], baseline: str, unit: str, repeats: int, warmup: int) -> None:
@@ -147,14 +149,9 @@ def shapes_main(argv: list[str] | None, *, script: str, doc: str, impls: tuple[s
   [--impls ...]` times each implementation at each shape in its own process and writes {"results": [...],
   "device", "repeats", "warmup"}, one row per (implementation, shape) with its "shape"; `--worker IMPL --shape S`
   is the child's side (run_worker(impl, shape, repeats, warmup) returns the row)."""
-  parser = argparse.ArgumentParser(description=doc.split('\n', 1)[0])
-  parser.add_argument('--out', help='JSON file to write the results to.')
+  parser = _parser(doc, impls, repeats, warmup)
   parser.add_argument('--shapes', nargs='+', type=parse_shape, default=list(shapes),
                       help='input shapes, each comma-separated (default: %(default)s)')
-  parser.add_argument('--repeats', type=int, default=repeats, help='timed steps per implementation and shape')
-  parser.add_argument('--warmup', type=int, default=warmup, help='untimed steps first (compilation included)')
-  parser.add_argument('--impls', nargs='+', choices=impls, default=list(impls))
-  parser.add_argument('--worker', choices=impls, help=argparse.SUPPRESS)
   parser.add_argument('--shape', type=parse_shape, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
@@ -170,7 +167,5 @@ def shapes_main(argv: list[str] | None, *, script: str, doc: str, impls: tuple[s
       row = spawn(script, impl, args.repeats, args.warmup, ['--shape', ','.join(map(str, shape))])
       print(f'{impl} {shape}: {row["median_s"]:.4f} s', file=sys.stderr, flush=True)
       results.append(row)
-  report = {'results': results, 'device': device(), 'repeats': args.repeats, 'warmup': args.warmup}
-  print(shapes_table(results, baseline=baseline, unit=unit))
-  with open(args.out, 'w') as f:
-    json.dump(report, f, indent=2)
+  _report(args.out, {'results': results, 'device': device(), 'repeats': args.repeats, 'warmup': args.warmup},
+          baseline=baseline, unit=unit)

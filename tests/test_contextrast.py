@@ -142,8 +142,7 @@ def test_contextrast_loss_updates_lower_anchors_with_the_last_layers(normalize_a
   value, scalars = contextrast.contextrast_loss(
       [jnp.asarray(low), jnp.asarray(high)], jnp.asarray(logits), jnp.asarray(labels), jax.random.key(0),
       layer_weights=(0.4, 1.0), anchor_weights=(0.3, 0.7), temperature=0.1, num_negatives=10_000, num_positives=0,
-      bane_fraction=0.5, bane_region='true', normalize_anchors=normalize_anchors, detach_anchors=False,
-      ignore_index=255)
+      bane_fraction=0.5, bane_region='true', normalize_anchors=normalize_anchors, detach_anchors=False)
   per_layer = []
   high_labels = labels[:, ::4, ::4]
   high_anchors = np.stack([high[high_labels == n].mean(0) for n in range(3)])
@@ -168,7 +167,7 @@ def test_a_class_without_negatives_costs_nothing_and_gradients_stay_finite(detac
     return contextrast.contextrast_loss(
         [e, e[:, ::2, ::2]], jnp.zeros((2, 4, 4, 3)), labels, jax.random.key(0), layer_weights=(0.5, 1.0),
         anchor_weights=(0.5, 0.5), temperature=0.1, num_negatives=8, num_positives=0, bane_fraction=0.5,
-        bane_region='true', normalize_anchors=True, detach_anchors=detach_anchors, ignore_index=255)[0]
+        bane_region='true', normalize_anchors=True, detach_anchors=detach_anchors)[0]
 
   value, grad = jax.value_and_grad(loss)(jnp.asarray(_unit(rng, (2, 4, 4, 8))))
   assert abs(float(value)) < 1e-6 and bool(jnp.all(jnp.isfinite(grad)))
@@ -183,7 +182,7 @@ def test_all_ignored_gives_zero_loss_and_finite_gradients():
     return contextrast.contextrast_loss(
         [e], jnp.zeros((2, 4, 4, 3)), labels, jax.random.key(0), layer_weights=(1.0,), anchor_weights=(0.5, 0.5),
         temperature=0.1, num_negatives=8, num_positives=0, bane_fraction=0.5, bane_region='true',
-        normalize_anchors=True, detach_anchors=False, ignore_index=255)[0]
+        normalize_anchors=True, detach_anchors=False)[0]
 
   value, grad = jax.value_and_grad(loss)(embeddings)
   assert float(value) == 0.0 and bool(jnp.all(jnp.isfinite(grad)))

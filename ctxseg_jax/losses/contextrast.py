@@ -151,19 +151,18 @@ def pixel_anchor_loss(embeddings: jax.Array, labels: jax.Array, predictions: jax
 def contextrast_loss(embeddings: list[jax.Array], logits: jax.Array, labels: jax.Array, key: jax.Array, *,
                      layer_weights: tuple[float, ...], anchor_weights: tuple[float, float], temperature: float,
                      num_negatives: int, num_positives: int, bane_fraction: float, bane_region: str,
-                     normalize_anchors: bool, detach_anchors: bool, ignore_index: int) -> tuple[jax.Array, dict]:
+                     normalize_anchors: bool, detach_anchors: bool) -> tuple[jax.Array, dict]:
   """L_PA over the layers (see the module docstring).
 
   Args:
     embeddings: per layer, float32 (B, h_i, w_i, d), unit length, lowest layer first.
     logits: (B, h, w, K) final logits; their argmax is the prediction (no gradient).
-    labels: int (B, H, W) label maps (ignore_index and other values outside 0..K-1 are ignored).
+    labels: int (B, H, W) label maps (the ignore index and every other value outside 0..K-1 are ignored).
     key: PRNG key.
     layer_weights: lambda_i per layer; anchor_weights: (w_l, w_h); the rest: the term's settings.
   Returns:
     (L_PA, {'layer<i>': L_i}).
   """
-  del ignore_index  # every value outside 0..K-1 is ignored
   num_classes = logits.shape[-1]
   predictions = jax.lax.stop_gradient(jnp.argmax(logits, axis=-1))
   per_layer = []
@@ -217,6 +216,7 @@ SETTINGS = {
 
 def build(config, *, ignore_index: int):
   """The term of a 'contextrast' config: L_PA of the `embeddings` outputs, predictions from `output` (logits)."""
+  del ignore_index  # every label outside 0..K-1 is ignored, this one included
   if len(config.layer_weights) != len(config.embeddings):
     raise ValueError(f'layer_weights {config.layer_weights} needs one weight per embedding output '
                      f'{config.embeddings}')
@@ -228,7 +228,7 @@ def build(config, *, ignore_index: int):
         layer_weights=tuple(config.layer_weights), anchor_weights=tuple(config.anchor_weights),
         temperature=config.temperature, num_negatives=config.num_negatives, num_positives=config.num_positives,
         bane_fraction=config.bane_fraction, bane_region=config.bane_region,
-        normalize_anchors=config.normalize_anchors, detach_anchors=config.detach_anchors, ignore_index=ignore_index)
+        normalize_anchors=config.normalize_anchors, detach_anchors=config.detach_anchors)
 
   return term
 

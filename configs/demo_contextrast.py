@@ -1,7 +1,7 @@
 """Demo: Contextrast (pixel-anchor loss over the four stages' embeddings, BANE negatives) on the FCN demo
 (configs/demo_fcn.py: a width-16 dilated ResNet-18 with mmseg's FCN head), trained on the built-in synthetic context
 dataset with the same budget. `configs/demo_contextrast.py:baseline` is the same model and protocol without it,
-which is configs/demo_fcn.py.
+which is configs/demo_fcn.py. Both report the feature-level metrics A / U / U_l at evaluation.
 
 Contextrast here: a training-only projection head (1x1 conv-BN-ReLU, 1x1 conv to 32, L2-normalised) on each of
 the four ResNet stages; the pixel-anchor term weighted 0.1 with the term's defaults (lambda 0.1, 0.4, 0.7, 1.0
@@ -23,6 +23,7 @@ def get_config(arg: str = ''):
   config = base_config()
   config.name = 'demo_contextrast' + ('_baseline' if arg else '')
   shared = protocols.synthetic_demo(config)
+  config.eval.feature_metrics = True
   models.set_head(config.model, 'decode_head', HEADS.config('fcn', reads=(3,), num_convs=2,
                                                                concat_input=True, **shared))
   if arg != 'baseline':

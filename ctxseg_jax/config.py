@@ -113,6 +113,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.mode = 'whole'               # how images become scores (ctxseg_jax.inference.MODES): 'whole' image
   c.eval.miou_convention = 'present'  # headline `miou`: 'present' (mean over classes present, mmseg) or
                                       # 'all' (mean over all classes, absent ones count 0: HRNet, PyTorch-Encoding)
+  c.eval.feature_metrics = False      # also A, U and U_l of the features before the classifier (feature_metrics.py)
+  c.eval.feature_samples = 256        # pixels sampled per class (seeded by config.seed) for A
+  c.eval.feature_neighbours = 3       # l of U_l
   c.lock()
   return c
 
@@ -122,7 +125,8 @@ _CHOICES = {
     'eval.mode': inference.MODES,
 }
 _POSITIVE = ('train.steps', 'train.batch_size', 'train.log_every', 'train.checkpoint_every',
-             'train.keep_checkpoints', 'eval.batch_size', 'data.base_size', 'data.synthetic.image_size',
+             'train.keep_checkpoints', 'eval.batch_size', 'eval.feature_samples', 'eval.feature_neighbours',
+             'data.base_size', 'data.synthetic.image_size',
              'data.synthetic.num_train', 'data.synthetic.num_val')
 _NON_NEGATIVE = ('data.ratio_step', 'train.eval_every', 'optim.lr', 'optim.weight_decay', 'optim.end_lr',
                  'optim.warmup_steps', 'data.worker_count', 'data.base_short_side')

@@ -1,4 +1,5 @@
-"""Evaluation: a confusion matrix accumulated on device over the sharded eval split, then mIoU / mAcc / aAcc."""
+"""Evaluation: a confusion matrix accumulated on device over the sharded eval split, then mIoU / mAcc / aAcc; with
+config.eval.feature_metrics, also A / U / U_l of the features before the classifier (feature_metrics.py)."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,7 +7,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from ctxseg_jax import experiment, metrics, parallel, reporting
+from ctxseg_jax import experiment, feature_metrics, metrics, parallel, reporting
 from ctxseg_jax.checkpoints import Checkpointer
 from ctxseg_jax.data import datasets, pipeline, transforms
 
@@ -21,21 +22,32 @@ class Evaluator:
     parallel.per_process_batch_size(config.eval.batch_size, exp.mesh, 'eval.batch_size')
 
   def run(self, variables: dict[str, Any]) -> dict[str, float]:
-    """Metrics in percent (see metrics.segmentation_metrics) over the whole eval split."""
+    """Metrics over the whole eval split: in percent (see metrics.segmentation_metrics), and with
+    config.eval.feature_metrics also feature_metrics.KEYS (see feature_metrics.feature_metrics)."""
     config = self.exp.config
     batches, _ = pipeline.eval_batches(self.source, config.data, config.eval.batch_size)
     pixels_per_batch = config.eval.batch_size * int(np.prod(transforms.eval_label_size(config.data)))
-    accumulator = metrics.ConfusionAccumulator(self.exp.info.num_classes)
+    confusion = metrics.ConfusionAccumulator(self.exp.info.num_classes)
+    features = feature_metrics.FeatureAccumulator(config.eval.feature_neighbours)
     for host_batch in batches:
-      accumulator.add(self.exp.eval_step(variables, parallel.to_global(host_batch, self.exp.mesh)), pixels_per_batch)
-    return metrics.segmentation_metrics(accumulator.result(), self.exp.info.class_names,
-                                        config.eval.miou_convention)
+      result = self.exp.eval_step(variables, parallel.to_global(host_batch, self.exp.mesh))
+      confusion.add(result['confusion'], pixels_per_batch)
+      if 'features' in result:
+        features.add(result['features'])
+    results = metrics.segmentation_metrics(confusion.result(), self.exp.info.class_names,
+                                           config.eval.miou_convention)
+    if config.eval.feature_metrics:
+      results.update(features.result())
+    return results
 
   def report(self, step: int, results: dict[str, float], writer: reporting.MetricWriter) -> None:
     """Prints the per-class table and records the eval scalars at `step`."""
-    reporting.console(f'Evaluation at step {step} on {self.exp.info.name}/{self.exp.config.data.eval_split} '
-                      f'({len(self.source)} images):\n'
-                      + metrics.format_table(results, self.exp.info.class_names, self.exp.config.eval.miou_convention))
+    config = self.exp.config
+    table = metrics.format_table(results, self.exp.info.class_names, config.eval.miou_convention)
+    if config.eval.feature_metrics:
+      table += '\n' + feature_metrics.format_line(results, config.eval.feature_samples)
+    reporting.console(f'Evaluation at step {step} on {self.exp.info.name}/{config.data.eval_split} '
+                      f'({len(self.source)} images):\n{table}')
     writer.write(step, 'eval', {k: v for k, v in results.items() if not k.startswith('acc/')})
 
 

@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from ctxseg_jax import config as config_lib
 from ctxseg_jax import inference, optim, parallel, steps
-from ctxseg_jax.data import datasets
+from ctxseg_jax.data import datasets, transforms
 from ctxseg_jax.data.datasets.base import DatasetInfo
 from ctxseg_jax.losses import LossFn, make_loss
 from ctxseg_jax.models import build_model
@@ -50,12 +50,22 @@ class Experiment:
                    donate_argnums=0)
 
   @functools.cached_property
-  def eval_step(self) -> Callable[[dict, dict], jax.Array]:
-    """Jitted (variables, global eval batch) -> replicated (K, K) confusion matrix."""
+  def eval_step(self) -> Callable[[dict, dict], dict[str, Any]]:
+    """Jitted (variables, global eval batch) -> replicated {'confusion': (K, K), ...} (see steps.eval_step)."""
     step = functools.partial(steps.eval_step, model=self.model, config=self.config,
                              num_classes=self.info.num_classes, ignore_index=self.info.ignore_index)
     return jax.jit(step, in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
                    out_shardings=parallel.replicated(self.mesh))
+
+  @functools.cached_property
+  def predict_step(self) -> Callable[[dict, dict], jax.Array]:
+    """Jitted (variables, global eval batch, labels not needed) -> int32 (B, Lh, Lw) predicted classes at each
+    image's original resolution, sharded on the batch (see steps.predict_step; (Lh, Lw) is
+    transforms.eval_label_size)."""
+    step = functools.partial(steps.predict_step, model=self.model, config=self.config,
+                             out_shape=transforms.eval_label_size(self.config.data))
+    return jax.jit(step, in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
+                   out_shardings=parallel.batch_sharded(self.mesh))
 
   @functools.cached_property
   def predict(self) -> Callable[[dict, jax.Array], jax.Array]:

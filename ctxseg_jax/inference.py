@@ -6,12 +6,12 @@ image's region back to its original size, so scores and predictions are at the o
 """
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from ctxseg_jax.models.layers.resize import resize_bilinear, resize_bilinear_regions
+from ctxseg_jax.models.segmentor import Segmentor, classifier_input
 
 MODES = ('whole',)  # 'whole': the whole (padded) image in one forward pass
 
@@ -23,13 +23,26 @@ def normalize(images: jax.Array, mean, std) -> jax.Array:
   return (images.astype(jnp.float32) - mean) / std
 
 
-def predict_logits(variables: dict, images: jax.Array, *, model: nn.Module,
+def predict_logits(variables: dict, images: jax.Array, *, model: Segmentor,
                    config: ml_collections.ConfigDict) -> jax.Array:
   """uint8 (B, H, W, 3) images -> float32 logits (B, H, W, K) at input resolution, by config.eval.mode."""
+  return predict_logits_and_features(variables, images, model=model, config=config, features=False)[0]
+
+
+def predict_logits_and_features(variables: dict, images: jax.Array, *, model: Segmentor,
+                                config: ml_collections.ConfigDict,
+                                features: bool = True) -> tuple[jax.Array, jax.Array | None]:
+  """`predict_logits`, and with `features` the whole images' features before the classifier, (B, h, w, C) at the
+  head's stride (segmentor.classifier_input), else None."""
   if config.eval.mode not in MODES:
     raise ValueError(f'config.eval.mode={config.eval.mode!r} is not valid; choose one of {list(MODES)}')
-  outputs = model.apply(variables, normalize(images, config.data.mean, config.data.std), train=False)
-  return resize_bilinear(outputs['logits'], images.shape[1:3])
+  inputs = normalize(images, config.data.mean, config.data.std)
+  if features:
+    outputs, state = model.apply(variables, inputs, train=False, mutable=['intermediates'])
+    recorded = classifier_input(model, state['intermediates'])
+  else:
+    outputs, recorded = model.apply(variables, inputs, train=False), None
+  return resize_bilinear(outputs['logits'], images.shape[1:3]), recorded
 
 
 def logits_at_original_size(logits: jax.Array, image_size: jax.Array, original_size: jax.Array,

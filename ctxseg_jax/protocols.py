@@ -181,9 +181,11 @@ def _contextrast_data(config: ml_collections.ConfigDict, dataset: str) -> None:
 def contextrast_grid(config: ml_collections.ConfigDict, dataset: str, backbone: str) -> HeadSettings:
   """The protocol of a cell of Contextrast's grid (see configs/contextrast.py): `dataset` a key of
   CONTEXTRAST_SCHEDULES, `backbone` 'r101_d8' (with mmseg's auxiliary FCN head) or 'hrnet_w48'; SGD momentum 0.9,
-  wd 5e-4, poly to 1e-4, cross-entropy over all pixels (auxiliary 0.4); returns the decode heads' settings."""
+  wd 5e-4, poly to 1e-4, cross-entropy over all pixels (auxiliary 0.4); evaluation also reports the paper's
+  feature-level metrics A / U / U_l; returns the decode heads' settings."""
   schedule = CONTEXTRAST_SCHEDULES[dataset]
   _contextrast_data(config, dataset)
+  config.eval.feature_metrics = True
   _mmseg_sgd(config, batch_size=schedule.batch_size, steps=schedule.steps, eval_every=schedule.steps // 10)
   config.optim.lr = schedule.lr
   if backbone == 'r101_d8':

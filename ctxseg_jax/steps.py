@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ctxseg_jax import inference, metrics
+from ctxseg_jax import feature_metrics, inference, metrics
 from ctxseg_jax.losses import LossFn
 
 
@@ -64,15 +64,43 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   return new_state, {'loss': loss, **logs}
 
 
+def scores_at_original_size(variables: dict, batch: dict[str, jax.Array], out_shape: tuple[int, int], *,
+                             model: nn.Module, config: ml_collections.ConfigDict,
+                             features: bool = False) -> tuple[jax.Array, jax.Array | None]:
+  """Class scores (B, *out_shape, K) of an eval batch {'image', 'image_size', 'original_size', ...} at each image's
+  original resolution (padded to out_shape), computed as config.eval.mode says, and with `features` the features
+  before the classifier (see inference.predict_logits_and_features), else None."""
+  logits, recorded = inference.predict_logits_and_features(variables, batch['image'], model=model, config=config,
+                                                            features=features)
+  scores = inference.logits_at_original_size(logits, batch['image_size'], batch['original_size'], out_shape, config)
+  return scores, recorded
+
+
+def predict_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
+                 config: ml_collections.ConfigDict, out_shape: tuple[int, int]) -> jax.Array:
+  """int32 (B, *out_shape) predicted classes of an eval batch (labels not needed), at each image's original
+  resolution: the image's (h, w) = batch['original_size'] top-left region is its prediction, the rest padding."""
+  scores, _ = scores_at_original_size(variables, batch, out_shape, model=model, config=config)
+  return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+
+
 def eval_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
-              config: ml_collections.ConfigDict, num_classes: int, ignore_index: int) -> jax.Array:
-  """The (K, K) int32 confusion matrix of one global batch.
+              config: ml_collections.ConfigDict, num_classes: int, ignore_index: int) -> dict[str, Any]:
+  """What one global batch adds to the evaluation.
 
   The batch is {'image': uint8 (B, H, W, 3), 'label': uint8 (B, Lh, Lw), 'image_size': int (B, 2),
-  'original_size': int (B, 2)}. Logits are scored at each image's original resolution
-  (inference.logits_at_original_size), as mmseg, HRNet and PyTorch-Encoding do.
+  'original_size': int (B, 2), 'index': int (B,) each image's index in the split}. Predictions are scored at each
+  image's original resolution (scores_at_original_size), as mmseg, HRNet and PyTorch-Encoding do.
+  Returns {'confusion': the (K, K) int32 confusion matrix} and, with config.eval.feature_metrics, 'features': the
+  batch's feature_metrics.FeatureStats.
   """
-  logits = inference.predict_logits(variables, batch['image'], model=model, config=config)
-  logits = inference.logits_at_original_size(logits, batch['image_size'], batch['original_size'],
-                                             batch['label'].shape[1:3], config)
-  return metrics.confusion_matrix(jnp.argmax(logits, axis=-1), batch['label'], num_classes, ignore_index)
+  scores, features = scores_at_original_size(variables, batch, batch['label'].shape[1:3], model=model, config=config,
+                                             features=config.eval.feature_metrics)
+  result = {'confusion': metrics.confusion_matrix(jnp.argmax(scores, axis=-1), batch['label'], num_classes,
+                                                  ignore_index)}
+  if features is not None:
+    labels = feature_metrics.labels_at_features(batch['label'], batch['image_size'], batch['original_size'],
+                                                batch['image'].shape[1:3], features.shape[1:3], num_classes)
+    result['features'] = feature_metrics.batch_statistics(features, labels, batch['index'], num_classes=num_classes,
+                                                          samples=config.eval.feature_samples, seed=config.seed)
+  return result

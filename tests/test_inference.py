@@ -43,7 +43,8 @@ def test_eval_step_scores_exactly_the_predictions_of_unlabelled_images():
     logits = inference.logits_at_original_size(logits, batch['image_size'], batch['original_size'], (32, 32),
                                                config)
     predicted = jnp.argmax(logits, axis=-1)
+    np.testing.assert_array_equal(np.asarray(exp.predict_step(variables, batch)), np.asarray(predicted))
     expected = metrics.confusion_matrix(predicted, jnp.asarray(with_label['label']), num_classes, 255)
-    got = exp.eval_step(variables, parallel.to_global(with_label, exp.mesh))
+    got = exp.eval_step(variables, parallel.to_global(with_label, exp.mesh))['confusion']
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     assert int(np.asarray(got).sum()) > 0

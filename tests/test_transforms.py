@@ -244,7 +244,7 @@ def test_eval_with_resize_scores_every_original_pixel_once():
   accumulator = metrics.ConfusionAccumulator(exp.info.num_classes)
   for batch in batches:
     accumulator.add(exp.eval_step({'params': state.params, 'batch_stats': state.batch_stats},
-                                  parallel.to_global(batch, exp.mesh)), 8 * 32 * 32)
+                                  parallel.to_global(batch, exp.mesh))['confusion'], 8 * 32 * 32)
   assert int(accumulator.result().sum()) == sum(int((batch['label'] != 255).sum()) for batch in batches)
 
 

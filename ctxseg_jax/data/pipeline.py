@@ -22,7 +22,8 @@ from ctxseg_jax.data.datasets.base import SegmentationSource
 
 
 class PaddedEvalSource:
-  """Extends a source to `padded_length` samples; the extra ones carry only ignore labels (never scored).
+  """Extends a source to `padded_length` samples; the extra ones carry only ignore labels (never scored). Each
+  sample gets its 'index' in the padded split.
 
   Equal-sized shards keep every process stepping through the same number of static-shape eval batches.
   """
@@ -35,9 +36,9 @@ class PaddedEvalSource:
 
   def __getitem__(self, index: int) -> dict:
     if index < len(self.source):
-      return self.source[index]
+      return {**self.source[index], 'index': index}
     sample = self.source[0]
-    padding = {'image': np.zeros_like(sample['image']), 'name': 'padding'}
+    padding = {'image': np.zeros_like(sample['image']), 'name': 'padding', 'index': index}
     if 'label' in sample:
       padding['label'] = np.full_like(sample['label'], transforms.IGNORE)
     return padding
@@ -105,8 +106,8 @@ def eval_batches(source: SegmentationSource, data_config: ml_collections.ConfigD
 
   Returns (iterator of batches, number of batches); each batch holds b = global_batch / process_count samples
   {'image': uint8 (b, *eval_size, 3), 'label': uint8 (b, *label size) at original resolution, 'image_size':
-  int32 (b, 2), 'original_size': int32 (b, 2)} (see transforms.EvalPreprocess; no 'label' for an unlabelled
-  source).
+  int32 (b, 2), 'original_size': int32 (b, 2), 'index': int32 (b,) in the split} (see transforms.EvalPreprocess;
+  no 'label' for an unlabelled source).
   """
   count = jax.process_count() if process_count is None else process_count
   num_batches = -(-len(source) // global_batch)

@@ -190,8 +190,9 @@ class EvalPreprocess(grain.transforms.Map):
 
   The label keeps its original resolution (predictions are resized back to it before scoring) and is padded
   with ignore to label_size. Output: {'image': uint8 (*eval_size, 3), 'label': uint8 label_size,
-  'image_size': int32 (2,) the resized (h, w) before padding, 'original_size': int32 (2,) the original (h, w)}.
-  The label is optional: an unlabelled sample (images to predict) gives the same dict without 'label'.
+  'image_size': int32 (2,) the resized (h, w) before padding, 'original_size': int32 (2,) the original (h, w)},
+  and the sample's 'index' (int32) when it has one. The label is optional: an unlabelled sample (images to
+  predict) gives the same dict without 'label'.
   """
   eval_size: tuple[int, int]
   label_size: tuple[int, int]
@@ -233,6 +234,8 @@ class EvalPreprocess(grain.transforms.Map):
            'image_size': np.asarray(resized, np.int32), 'original_size': np.asarray((height, width), np.int32)}
     if label is not None:
       out['label'] = pad_label(label, self.label_size)
+    if 'index' in sample:
+      out['index'] = np.int32(sample['index'])
     return out
 
 

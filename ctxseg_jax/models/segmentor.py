@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ctxseg_jax.models.heads.fcn import CLASSIFIER_INPUT
 from ctxseg_jax.models.layers.resize import resize_bilinear
 
 INPUT_TRANSFORMS = ('select', 'resize_concat')
@@ -101,3 +102,14 @@ class Segmentor(nn.Module):
     if train:
       outputs[STAGE_FEATURES] = tuple(features)
     return outputs
+
+
+def classifier_input(model: Segmentor, intermediates: dict) -> jax.Array:
+  """The features the 'logits' head feeds its classifier, (B, h, w, C) in the compute dtype, from the
+  'intermediates' of `model.apply(..., train=False, mutable=['intermediates'])`."""
+  head = next(spec.name for spec in model.heads if 'logits' in spec.outputs and not spec.train_only)
+  recorded = intermediates.get(head, {}).get('conv_seg', {}).get(CLASSIFIER_INPUT)
+  if recorded is None:
+    raise ValueError(f'head {head!r} publishes "logits" without a conv_seg classifier (models.heads.fcn.conv_seg), '
+                     'so its features before the classifier are not recorded')
+  return recorded[0]

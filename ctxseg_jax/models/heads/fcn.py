@@ -39,10 +39,22 @@ INIT_SETTING = Setting('mmcv', "initialisation of the head's convs: 'mmcv' (Kaim
                        choices=INIT_STYLES)
 
 
+CLASSIFIER_INPUT = 'classifier_input'
+
+
+class Classifier(nn.Conv):
+  """An nn.Conv that also records its input, the features before the classifier, as
+  variables['intermediates'][<path>][CLASSIFIER_INPUT] when 'intermediates' is mutable (a no-op otherwise)."""
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    self.sow('intermediates', CLASSIFIER_INPUT, inputs)
+    return super().__call__(inputs)
+
+
 def conv_seg(num_classes: int, in_channels: int, *, weight_init: str = 'mmcv', dtype: Dtype = jnp.float32,
-             name: str = 'conv_seg') -> nn.Conv:
+             name: str = 'conv_seg') -> Classifier:
   """The 1x1 classifier with bias on `in_channels` (mmseg: weight N(0, 0.01), bias 0; see conv_init)."""
-  return conv2d(num_classes, 1, use_bias=True, dtype=dtype, name=name,
+  return conv2d(num_classes, 1, use_bias=True, dtype=dtype, name=name, module=Classifier,
                 **conv_init(weight_init, in_channels, 1, classifier=True))
 
 

@@ -63,8 +63,9 @@ def conv2d(features: int,
            dtype: Dtype = jnp.float32,
            kernel_init: Initializer = KAIMING_FAN_OUT,
            bias_init: Initializer = nn.initializers.zeros,
-           name: str | None = None) -> nn.Conv:
-  """A square `nn.Conv` padded like PyTorch `Conv2d(padding=dilation * (k - 1) // 2)`.
+           name: str | None = None,
+           module: type[nn.Conv] = nn.Conv) -> nn.Conv:
+  """A square `nn.Conv` (or `module`, a subclass) padded like PyTorch `Conv2d(padding=dilation * (k - 1) // 2)`.
 
   The padding is explicit and symmetric. XLA 'SAME' would pad (0, 1) instead of (1, 1) for a stride-2 3x3 conv
   on an even input, shifting every output by one pixel relative to PyTorch.
@@ -73,7 +74,7 @@ def conv2d(features: int,
   (B, floor((H + 2p - dilation * (k - 1) - 1) / stride) + 1, ..., features).
   """
   pad = torch_padding(kernel_size, dilation)
-  return nn.Conv(
+  return module(
       features,
       (kernel_size, kernel_size),
       strides=(stride, stride),

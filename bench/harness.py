@@ -3,6 +3,11 @@
 A layer benchmark's `main` is `layer_main(...)`: the parent spawns one child per implementation (`--worker impl`),
 which builds its step, times it with `time_step` and prints one JSON row on its last stdout line. `shapes_main(...)`
 does the same at several input shapes, one child per (implementation, shape) (`--worker impl --shape 8,19,128,256`).
+
+A benchmark whose implementations should see the same machine conditions times them in interleaved rounds instead:
+the parent starts one long-lived child per implementation (`Worker`), one after the other so that no two build or
+compile at once; each child builds its step, runs its warm-up steps and waits (`serve`); `interleave` then asks each
+child in turn for one timed step, round after round, and collects the rows.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -55,6 +61,100 @@ def spawn(script: str, impl: str, repeats: int, warmup: int, worker_args: Sequen
   if proc.returncode != 0:
     raise RuntimeError(f'{impl} worker failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}')
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+PROTOCOL_PREFIX = '@@bench '  # marks the lines a long-lived worker writes for its parent on stdout
+
+
+def _reply(message: dict[str, Any]) -> None:
+  print(PROTOCOL_PREFIX + json.dumps(message), flush=True)
+
+
+def serve(step: Callable[[], Any], warmup: int, ready: dict[str, Any],
+          finish: Callable[[], dict[str, Any]] | None = None) -> None:
+  """The child's side of `interleave`: runs `step` `warmup` times untimed, replies `ready` (plus rss_before_mib,
+  the peak RSS so far), then times one `step` per 'step' line read from stdin, replying {'time_s'}; on 'finish'
+  replies the row: `ready`, what `finish()` returns, and the timing fields of `time_step` (times in round order)."""
+  for _ in range(warmup):
+    step()
+  rss_before = rss_mib()
+  _reply({**ready, 'rss_before_mib': rss_before})
+  times = []
+  for line in sys.stdin:
+    command = line.strip()
+    if command == 'step':
+      start = time.perf_counter()
+      step()
+      times.append(time.perf_counter() - start)
+      _reply({'time_s': times[-1]})
+    elif command == 'finish':
+      _reply({**ready, **(finish() if finish else {}), 'median_s': float(np.median(times)),
+              'min_s': float(np.min(times)), 'times_s': times, 'rss_before_mib': rss_before,
+              'peak_rss_mib': rss_mib()})
+      return
+    else:
+      raise ValueError(f'unknown command {command!r}')
+
+
+class Worker:
+  """A long-lived child `script --worker impl --warmup N [worker_args]` on the CPU, driven over its stdin/stdout
+  (see `serve`); its stderr goes to a temporary file, quoted when it fails."""
+
+  def __init__(self, script: str, impl: str, warmup: int, worker_args: Sequence[str] = ()):
+    self.impl = impl
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu'))
+    cmd = [sys.executable, os.path.abspath(script), '--worker', impl, '--warmup', str(warmup), *worker_args]
+    self._stderr = tempfile.TemporaryFile(mode='w+')
+    self._proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                  text=True)
+    self.ready = self._receive()
+
+  def _receive(self) -> dict[str, Any]:
+    for line in self._proc.stdout:
+      if line.startswith(PROTOCOL_PREFIX):
+        return json.loads(line[len(PROTOCOL_PREFIX):])
+    self._proc.wait()
+    self._stderr.seek(0)
+    raise RuntimeError(f'{self.impl} worker failed (exit {self._proc.returncode}):\n{self._stderr.read()[-4000:]}')
+
+  def _request(self, command: str) -> dict[str, Any]:
+    self._proc.stdin.write(command + '\n')
+    self._proc.stdin.flush()
+    return self._receive()
+
+  def step(self) -> float:
+    """One timed step in the child; its time in seconds."""
+    return self._request('step')['time_s']
+
+  def finish(self) -> dict[str, Any]:
+    """The child's row; the child exits."""
+    row = self._request('finish')
+    self._proc.wait()
+    self._stderr.close()
+    return row
+
+  def close(self) -> None:
+    """Ends the child if it still runs (after an error elsewhere)."""
+    if self._proc.poll() is None:
+      self._proc.kill()
+      self._proc.wait()
+
+
+def interleave(starts: Sequence[Callable[[], Worker]], rounds: int) -> list[dict[str, Any]]:
+  """Starts each worker in turn (each waits, warmed up, while the next builds), then runs `rounds` rounds of one
+  timed step per worker, in the order given; returns their rows, each with 'times_s' in round order."""
+  workers: list[Worker] = []
+  try:
+    for start in starts:
+      workers.append(start())
+      print(f'  {workers[-1].impl} ready', file=sys.stderr, flush=True)
+    for r in range(rounds):
+      times = [worker.step() for worker in workers]
+      print(f'  round {r + 1}/{rounds}: ' + ', '.join(f'{t:.3f} s' for t in times), file=sys.stderr, flush=True)
+    return [worker.finish() for worker in workers]
+  finally:
+    for worker in workers:
+      worker.close()
 
 
 def device() -> str:

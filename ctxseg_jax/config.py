@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from ctxseg_jax import inference, losses, metrics, models
+from ctxseg_jax.data import transforms
 from ctxseg_jax.losses import TERMS
 from ctxseg_jax.models.backbones import BACKBONES
 from ctxseg_jax.models.heads import HEADS, aux_fcn_head
@@ -110,7 +111,17 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 16              # global
-  c.eval.mode = 'whole'               # how images become scores (ctxseg_jax.inference.MODES): 'whole' image
+  c.eval.mode = 'whole'               # how images become scores (ctxseg_jax/inference.py): 'whole' image or
+                                      # 'slide' (windows of crop_size every stride)
+  c.eval.crop_size = (512, 512)       # (height, width) of the sliding windows
+  c.eval.stride = (341, 341)          # (height, width) steps between windows
+  c.eval.scales = (1.0,)              # multi-scale: factors of each protocol's scale-1 size (eval.combine)
+  c.eval.flip = False                 # also the horizontally mirrored image, combined as eval.combine says
+  c.eval.combine = 'mmseg'            # whose protocol: 'mmseg' (mean softmax over scales and flips), 'hrnet' (sum
+                                      # of exp(logits), whole image at scales <= 1), 'pte' (PyTorch-Encoding: sum of
+                                      # exp(logits + mirrored logits), windows padded, align_corners True)
+  c.eval.windows_per_pass = 16        # windows (of all images of the batch) per forward pass: bounds memory
+  c.eval.align_corners = False        # corner convention of the logits' resizes (HRNet-OCR: True)
   c.eval.miou_convention = 'present'  # headline `miou`: 'present' (mean over classes present, mmseg) or
                                       # 'all' (mean over all classes, absent ones count 0: HRNet, PyTorch-Encoding)
   c.eval.feature_metrics = False      # also A, U and U_l of the features before the classifier (feature_metrics.py)
@@ -123,9 +134,11 @@ def base_config() -> ml_collections.ConfigDict:
 _CHOICES = {
     'eval.miou_convention': metrics.MIOU_CONVENTIONS,
     'eval.mode': inference.MODES,
+    'eval.combine': inference.COMBINES,
 }
 _POSITIVE = ('train.steps', 'train.batch_size', 'train.log_every', 'train.checkpoint_every',
              'train.keep_checkpoints', 'eval.batch_size', 'eval.feature_samples', 'eval.feature_neighbours',
+             'eval.windows_per_pass',
              'data.base_size', 'data.synthetic.image_size',
              'data.synthetic.num_train', 'data.synthetic.num_val')
 _NON_NEGATIVE = ('data.ratio_step', 'train.eval_every', 'optim.lr', 'optim.weight_decay', 'optim.end_lr',
@@ -175,8 +188,9 @@ def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str]
   for key in _UNIT_INTERVAL:
     if not 0 <= get(config, key) < 1 + (key == 'optim.warmup_ratio'):
       errors.append(f'config.{key}={get(config, key)!r} must be in [0, 1)')
-  for key in ('data.crop_size', 'data.eval_size', 'data.ratio_range'):
+  for key in ('data.crop_size', 'data.eval_size', 'data.ratio_range', 'eval.crop_size', 'eval.stride'):
     _pair(config, key, errors)
+  errors += _eval_protocol_problems(config.eval)
   for key in ('data.eval_scale', 'data.eval_label_size'):
     _pair(config, key, errors, positive=False)
     value = get(config, key)
@@ -205,6 +219,18 @@ def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str]
                   f'{config.train.steps}')
   if errors:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(errors))
+
+
+def _eval_protocol_problems(settings: ml_collections.ConfigDict) -> list[str]:
+  """Scales, and what the evaluation protocols cannot combine."""
+  scales = settings.scales
+  if not (isinstance(scales, (tuple, list)) and scales and all(isinstance(s, (int, float)) and s > 0 for s in scales)):
+    return [f'config.eval.scales={scales!r} must be a non-empty tuple of positive factors, e.g. '
+            '--config.eval.scales="(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)"; (1.0,) for single scale']
+  if settings.feature_metrics and transforms.resizes_on_device(settings):
+    return ['config.eval.feature_metrics=True needs single-scale, unflipped whole-image evaluation (eval.mode '
+            "'whole', eval.scales (1.0,), eval.flip False): the features are those of one forward pass per image"]
+  return []
 
 
 def _ohem_group_problems(config: ml_collections.ConfigDict) -> list[str]:

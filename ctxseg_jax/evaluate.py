@@ -25,7 +25,7 @@ class Evaluator:
     """Metrics over the whole eval split: in percent (see metrics.segmentation_metrics), and with
     config.eval.feature_metrics also feature_metrics.KEYS (see feature_metrics.feature_metrics)."""
     config = self.exp.config
-    batches, _ = pipeline.eval_batches(self.source, config.data, config.eval.batch_size)
+    batches, _ = pipeline.eval_batches(self.source, config.data, config.eval.batch_size, eval_config=config.eval)
     pixels_per_batch = config.eval.batch_size * int(np.prod(transforms.eval_label_size(config.data)))
     confusion = metrics.ConfusionAccumulator(self.exp.info.num_classes)
     features = feature_metrics.FeatureAccumulator(config.eval.feature_neighbours)

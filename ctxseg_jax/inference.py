@@ -1,8 +1,23 @@
-"""The one path from images to class scores: the eval step, `--mode summary`'s FLOP count and Experiment.predict.
+"""The one path from images to class scores: the eval step, predictions and `--mode summary`'s FLOP count.
 
-`predict_logits` normalises uint8 images, runs the inference model (training-only heads absent) and returns
-logits at the input resolution, computed as `config.eval.mode` says. `logits_at_original_size` then takes each
-image's region back to its original size, so scores and predictions are at the original resolution.
+Two routes, by `transforms.resizes_on_device(config.eval)`:
+- Single-scale whole-image inference (eval.mode 'whole', scales (1.0,), no flip; the default): the host resized
+  each image to data.eval_scale; one forward pass over the padded batch (`predict_logits`), logits resized to the
+  input and each image's region back to its original size (`logits_at_original_size`).
+- The evaluation protocols (`protocol_scores`): the batch holds the originals; for each of eval.scales the device
+  resizes every image to its size at that scale, runs it whole or in sliding windows (eval.mode, eval.crop_size,
+  eval.stride), optionally flipped (eval.flip), and combines as the reference named by eval.combine does:
+    'mmseg'  (EncoderDecoder + SegTTAModel): windows 'shift'-placed, their logits summed and divided by the count;
+             each (scale, flip) map resized to the original size; with more than one, softmax averaged.
+    'hrnet'  (BaseDataset.multi_scale_inference): per window exp of the logits (with flip: of the mean of the
+             window's and its mirror's logits); windows 'shift'-placed with stride eval.stride, but scales <= 1 run
+             the whole image; summed over scales after resizing to the original size (eval.align_corners).
+    'pte'    (PyTorch-Encoding MultiEvalModule): per window exp of the logits (with flip: of their sum with the
+             mirror's); windows 'pad'-placed (padding of data.image_pad_value); images resized with align_corners
+             True, as every resize of that protocol is; summed over scales.
+  All windows of all images of one scale run as batched forward passes of eval.windows_per_pass windows (a
+  `lax.scan`, one compilation per scale), with static shapes: every image gets the most windows any image of the
+  scale's canvas needs, the surplus weighted 0 (ops.sliding_window).
 """
 from __future__ import annotations
 
@@ -10,14 +25,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ctxseg_jax.data import transforms
 from ctxseg_jax.models.layers.resize import resize_bilinear, resize_bilinear_regions
 from ctxseg_jax.models.segmentor import Segmentor, classifier_input
+from ctxseg_jax.ops import sliding_window
 
-MODES = ('whole',)  # 'whole': the whole (padded) image in one forward pass
+MODES = ('whole', 'slide')  # 'whole': the whole (padded) image in one forward pass; 'slide': crop-sized windows
+COMBINES = transforms.SCALE_RULES
 
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:
-  """uint8 (B, H, W, 3) -> float32 (x - mean) / std."""
+  """uint8 (or float pixel-valued) (B, H, W, 3) -> float32 (x - mean) / std."""
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
   return (images.astype(jnp.float32) - mean) / std
@@ -25,7 +43,7 @@ def normalize(images: jax.Array, mean, std) -> jax.Array:
 
 def predict_logits(variables: dict, images: jax.Array, *, model: Segmentor,
                    config: ml_collections.ConfigDict) -> jax.Array:
-  """uint8 (B, H, W, 3) images -> float32 logits (B, H, W, K) at input resolution, by config.eval.mode."""
+  """uint8 (B, H, W, 3) images -> float32 logits (B, H, W, K) at input resolution: one whole-image forward pass."""
   return predict_logits_and_features(variables, images, model=model, config=config, features=False)[0]
 
 
@@ -34,15 +52,13 @@ def predict_logits_and_features(variables: dict, images: jax.Array, *, model: Se
                                 features: bool = True) -> tuple[jax.Array, jax.Array | None]:
   """`predict_logits`, and with `features` the whole images' features before the classifier, (B, h, w, C) at the
   head's stride (segmentor.classifier_input), else None."""
-  if config.eval.mode not in MODES:
-    raise ValueError(f'config.eval.mode={config.eval.mode!r} is not valid; choose one of {list(MODES)}')
   inputs = normalize(images, config.data.mean, config.data.std)
   if features:
     outputs, state = model.apply(variables, inputs, train=False, mutable=['intermediates'])
     recorded = classifier_input(model, state['intermediates'])
   else:
     outputs, recorded = model.apply(variables, inputs, train=False), None
-  return resize_bilinear(outputs['logits'], images.shape[1:3]), recorded
+  return resize_bilinear(outputs['logits'], images.shape[1:3], config.eval.align_corners), recorded
 
 
 def logits_at_original_size(logits: jax.Array, image_size: jax.Array, original_size: jax.Array,
@@ -55,9 +71,120 @@ def logits_at_original_size(logits: jax.Array, image_size: jax.Array, original_s
     original_size: int (B, 2), each image's original size.
     out_shape: (Lh, Lw) >= every original size; the result is padded to it.
   Returns:
-    (B, Lh, Lw, K): bilinear (align_corners False) from each region to its original size. Without an eval resize
+    (B, Lh, Lw, K): bilinear (eval.align_corners) from each region to its original size. Without an eval resize
     and with out_shape equal to the input shape, the logits are returned unchanged.
   """
   if any(config.data.eval_scale) or tuple(out_shape) != logits.shape[1:3]:
-    return resize_bilinear_regions(logits, image_size, original_size, out_shape)
+    return resize_bilinear_regions(logits, image_size, original_size, out_shape, config.eval.align_corners)
   return logits
+
+
+def protocol_scores(variables: dict, batch: dict[str, jax.Array], out_shape: tuple[int, int], *, model: Segmentor,
+                    config: ml_collections.ConfigDict) -> jax.Array:
+  """Class scores (B, *out_shape, K) at each image's original size, by the protocol of config.eval (module
+  docstring), from a batch of originals {'image': uint8 (B, Lh, Lw, 3), 'image_size' = 'original_size': int
+  (B, 2), 'scale_sizes': int (B, S, 2)} (transforms.EvalPreprocess with config.eval)."""
+  settings = config.eval
+  combine = settings.combine
+  align_corners = True if combine == 'pte' else settings.align_corners
+  image_flips = (False, True) if combine == 'mmseg' and settings.flip else (False,)
+  entries = len(settings.scales) * len(image_flips)
+  total = None
+  for index, scale in enumerate(settings.scales):
+    sizes = batch['scale_sizes'][:, index]
+    whole = settings.mode == 'whole' or (combine == 'hrnet' and scale <= 1)
+    canvas = transforms.scale_canvas(config.data.eval_size, scale)
+    crop = canvas if whole else tuple(settings.crop_size)
+    stride = canvas if whole else tuple(settings.stride)
+    placement = 'pad' if combine == 'pte' else 'shift'
+    extent = tuple(sliding_window.extent(canvas[a], crop[a], stride[a], placement) for a in (0, 1))
+    pixels = scaled_images(batch['image'], batch['original_size'], sizes, extent, config)
+    for flipped in image_flips:
+      images = sliding_window.flip_regions(pixels, sizes[:, 1]) if flipped else pixels
+      scores = window_scores(variables, normalize(images, config.data.mean, config.data.std), sizes, canvas, crop,
+                             stride, placement, model=model, config=config)
+      if flipped:
+        scores = sliding_window.flip_regions(scores, sizes[:, 1])
+      scores = resize_bilinear_regions(scores, sizes, batch['original_size'], out_shape, align_corners)
+      if combine == 'mmseg' and entries > 1:
+        scores = jax.nn.softmax(scores, axis=-1)
+      total = scores if total is None else total + scores
+  return total / entries if combine == 'mmseg' else total
+
+
+def scaled_images(images: jax.Array, original_size: jax.Array, sizes: jax.Array, shape: tuple[int, int],
+                  config: ml_collections.ConfigDict) -> jax.Array:
+  """Each original image (top-left original_size of uint8 `images`) resized bilinearly to its `sizes` at the
+  top-left of a float32 (B, *shape, 3) canvas of pixel values, the rest data.image_pad_value.
+
+  'mmseg' and 'hrnet' sample as OpenCV's INTER_LINEAR does (half-pixel centres, no antialiasing), 'pte' with
+  align_corners True, as it resizes its normalised tensors. Values stay float32: OpenCV's uint8 result is rounded
+  (in its own fixed point), within half a grey level of these. (Rounding here would not bring them closer, and
+  would turn float32 rounding differences between equivalent formulations into whole grey levels at .5 ties.)"""
+  pte = config.eval.combine == 'pte'
+  resized = resize_bilinear_regions(images.astype(jnp.float32), original_size, sizes, shape, align_corners=pte)
+  rows = jnp.arange(shape[0])[None, :, None] < sizes[:, :1, None]
+  cols = jnp.arange(shape[1])[None, None, :] < sizes[:, 1:, None]
+  pad = jnp.asarray(config.data.image_pad_value, jnp.float32)
+  return jnp.where((rows & cols)[..., None], resized, pad)
+
+
+def window_scores(variables: dict, images: jax.Array, sizes: jax.Array, canvas: tuple[int, int],
+                  crop: tuple[int, int], stride: tuple[int, int], placement: str, *, model: Segmentor,
+                  config: ml_collections.ConfigDict) -> jax.Array:
+  """Per pixel, the mean over the windows covering it of each window's scores (`_window_transform`).
+
+  Args:
+    images: (B, E_h, E_w, 3) normalised, each image top-left at its `sizes` inside a canvas of `canvas`, padded
+      to the extent E of the windows (sliding_window.extent).
+    sizes: int (B, 2).
+  Returns:
+    (B, E_h, E_w, K) float32, 0 where no window of the image reaches.
+  """
+  starts, valid = sliding_window.grid(sizes, canvas, crop, stride, placement)
+  batch, count = valid.shape
+  per_pass = max(1, min(count, config.eval.windows_per_pass // batch))
+  groups = -(-count // per_pass)
+  padding = groups * per_pass - count
+  starts = jnp.pad(starts, ((0, 0), (0, padding), (0, 0)))
+  valid = jnp.pad(valid, ((0, 0), (0, padding)))
+  # Mirrored in place (flip_regions) over the part of the window inside the image: the image itself when it runs
+  # whole, the whole window otherwise.
+  flip_widths = jnp.clip(sizes[:, None, 1] - starts[..., 1], 1, crop[1]) if placement == 'shift' else \
+      jnp.full(valid.shape, crop[1])
+
+  def one_pass(total, group):
+    group_starts, group_valid, group_widths = group  # (B, k, 2), (B, k), (B, k)
+    windows = sliding_window.gather_windows(images, group_starts, crop)  # (B, k, h, w, 3)
+    scores = _window_transform(variables, windows.reshape(-1, *crop, 3), group_widths.reshape(-1), model=model,
+                               config=config)
+    scores = scores.reshape(*windows.shape[:2], *crop, -1)
+    counted = jnp.concatenate([scores, jnp.ones_like(scores[..., :1])], axis=-1)
+    return sliding_window.add_windows(total, counted, group_starts, group_valid), None
+
+  grouped = [x.reshape(batch, groups, per_pass, *x.shape[2:]).swapaxes(0, 1) for x in (starts, valid, flip_widths)]
+  num_classes = jax.eval_shape(lambda x: model.apply(variables, x, train=False)['logits'],
+                               jax.ShapeDtypeStruct((1, *crop, 3), jnp.float32)).shape[-1]
+  total = jnp.zeros((batch, *images.shape[1:3], num_classes + 1), jnp.float32)
+  total, _ = jax.lax.scan(one_pass, total, grouped)
+  counts = total[..., -1:]
+  return jnp.where(counts > 0, total[..., :-1] / jnp.maximum(counts, 1), 0.0)
+
+
+def _window_transform(variables: dict, windows: jax.Array, flip_widths: jax.Array, *, model: Segmentor,
+                      config: ml_collections.ConfigDict) -> jax.Array:
+  """(P, h, w, 3) normalised windows -> (P, h, w, K) scores: 'mmseg' the logits; 'hrnet' exp of the logits (with
+  eval.flip, of the mean of the window's and its mirror's logits); 'pte' the same with the sum. Logits are resized
+  to the window bilinearly (align_corners: eval.align_corners, True for 'pte')."""
+  combine = config.eval.combine
+  align_corners = True if combine == 'pte' else config.eval.align_corners
+  flip = config.eval.flip and combine != 'mmseg'
+  inputs = jnp.concatenate([windows, sliding_window.flip_regions(windows, flip_widths)]) if flip else windows
+  logits = resize_bilinear(model.apply(variables, inputs, train=False)['logits'], windows.shape[1:3], align_corners)
+  if combine == 'mmseg':
+    return logits
+  if flip:
+    plain, mirrored = jnp.split(logits, 2)
+    mirrored = sliding_window.flip_regions(mirrored, flip_widths)
+    logits = (plain + mirrored) / 2 if combine == 'hrnet' else plain + mirrored
+  return jnp.exp(logits)

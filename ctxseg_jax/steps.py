@@ -12,6 +12,7 @@ import ml_collections
 import optax
 
 from ctxseg_jax import feature_metrics, inference, metrics
+from ctxseg_jax.data import transforms
 from ctxseg_jax.losses import LossFn
 
 
@@ -68,8 +69,10 @@ def scores_at_original_size(variables: dict, batch: dict[str, jax.Array], out_sh
                              model: nn.Module, config: ml_collections.ConfigDict,
                              features: bool = False) -> tuple[jax.Array, jax.Array | None]:
   """Class scores (B, *out_shape, K) of an eval batch {'image', 'image_size', 'original_size', ...} at each image's
-  original resolution (padded to out_shape), computed as config.eval.mode says, and with `features` the features
-  before the classifier (see inference.predict_logits_and_features), else None."""
+  original resolution (padded to out_shape), by config.eval (inference's two routes), and with `features` (whole
+  single-scale inference only) the features before the classifier (inference.predict_logits_and_features)."""
+  if transforms.resizes_on_device(config.eval):
+    return inference.protocol_scores(variables, batch, out_shape, model=model, config=config), None
   logits, recorded = inference.predict_logits_and_features(variables, batch['image'], model=model, config=config,
                                                             features=features)
   scores = inference.logits_at_original_size(logits, batch['image_size'], batch['original_size'], out_shape, config)

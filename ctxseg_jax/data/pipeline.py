@@ -100,20 +100,21 @@ def train_iterator(source: SegmentationSource, data_config: ml_collections.Confi
 
 
 def eval_batches(source: SegmentationSource, data_config: ml_collections.ConfigDict, global_batch: int,
-                 *, process_index: int | None = None, process_count: int | None = None,
-                 worker_count: int | None = None) -> tuple[Iterator[dict], int]:
+                 *, eval_config: ml_collections.ConfigDict | None = None, process_index: int | None = None,
+                 process_count: int | None = None, worker_count: int | None = None) -> tuple[Iterator[dict], int]:
   """One pass over the split in this process's share of static-shape batches.
 
   Returns (iterator of batches, number of batches); each batch holds b = global_batch / process_count samples
   {'image': uint8 (b, *eval_size, 3), 'label': uint8 (b, *label size) at original resolution, 'image_size':
   int32 (b, 2), 'original_size': int32 (b, 2), 'index': int32 (b,) in the split} (see transforms.EvalPreprocess;
-  no 'label' for an unlabelled source).
+  no 'label' for an unlabelled source). With `eval_config` (config.eval) of a protocol that resizes on device, the
+  images are the originals and 'scale_sizes' (b, S, 2) is added.
   """
   count = jax.process_count() if process_count is None else process_count
   num_batches = -(-len(source) // global_batch)
   padded = grain.MapDataset.source(PaddedEvalSource(source, num_batches * global_batch))
   dataset = (_process_shard(padded, process_index, count)
-             .map(transforms.EvalPreprocess.from_config(data_config))
+             .map(transforms.EvalPreprocess.from_config(data_config, eval_config))
              .batch(global_batch // count, drop_remainder=True).to_iter_dataset(_read_options(data_config)))
   workers = data_config.worker_count if worker_count is None else worker_count
   return _closing(_with_workers(dataset, workers, data_config.worker_buffer_size)), num_batches

@@ -6,6 +6,7 @@ uint8 with the ignore value 255 in padded areas.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import grain
 import numpy as np
@@ -183,6 +184,41 @@ def eval_rescale_size(height: int, width: int, eval_scale: tuple[int, int]) -> t
   return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
+SCALE_RULES = ('mmseg', 'hrnet', 'pte')
+
+
+def scaled_size(height: int, width: int, scale: float, rule: str, *, eval_scale: tuple[int, int],
+                base_size: int) -> tuple[int, int]:
+  """The (h, w) at which a multi-scale evaluation runs an original (height, width) image at `scale`, by `rule`:
+
+    'mmseg' (MultiScaleFlipAug): the keep-ratio eval resize to eval_scale x scale (each bound truncated, as
+      int(bound * scale)); without an eval_scale, each side x scale rounded half up.
+    'hrnet' (multi_scale_aug): long side int(base_size x scale + 0.5), short side in proportion, rounded half up.
+    'pte' (MultiEvalModule): long side ceil(base_size x scale), short side in proportion, rounded half up.
+  """
+  if rule == 'mmseg':
+    if any(eval_scale):
+      return eval_rescale_size(height, width, (int(eval_scale[0] * scale), int(eval_scale[1] * scale)))
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+  if rule not in SCALE_RULES:
+    raise ValueError(f'scale rule {rule!r} is not supported; choose one of {list(SCALE_RULES)}')
+  long_side = int(base_size * scale + 0.5) if rule == 'hrnet' else int(math.ceil(base_size * scale))
+  if height > width:
+    return long_side, int(width * long_side / height + 0.5)
+  return int(height * long_side / width + 0.5), long_side
+
+
+def resizes_on_device(eval_config) -> bool:
+  """Whether evaluation resizes images on device, from the originals: for anything but single-scale, unflipped,
+  whole-image inference (which runs on the image the host resized to data.eval_scale)."""
+  return eval_config.mode != 'whole' or tuple(eval_config.scales) != (1.0,) or bool(eval_config.flip)
+
+
+def scale_canvas(eval_size: tuple[int, int], scale: float) -> tuple[int, int]:
+  """The static (H, W) that holds every image of a split evaluated at `scale` (eval_size at scale 1)."""
+  return int(math.ceil(eval_size[0] * scale)), int(math.ceil(eval_size[1] * scale))
+
+
 @dataclasses.dataclass(frozen=True)
 class EvalPreprocess(grain.transforms.Map):
   """Keep-ratio resize of the image (eval_scale, or native; `resize_image` with resize_antialias), then padding
@@ -193,17 +229,33 @@ class EvalPreprocess(grain.transforms.Map):
   'image_size': int32 (2,) the resized (h, w) before padding, 'original_size': int32 (2,) the original (h, w)},
   and the sample's 'index' (int32) when it has one. The label is optional: an unlabelled sample (images to
   predict) gives the same dict without 'label'.
+
+  With `scales` (multi-scale, sliding or flipped evaluation: the device resizes), the image is not resized: it is
+  the original padded to label_size, 'image_size' is the original size, and 'scale_sizes' int32 (S, 2) holds the
+  (h, w) of each scale by `scale_rule` (see `scaled_size`), each within scale_canvas(eval_size, scale).
   """
   eval_size: tuple[int, int]
   label_size: tuple[int, int]
   eval_scale: tuple[int, int]
   image_pad_value: int | tuple[int, int, int]
   resize_antialias: bool = True
+  scales: tuple[float, ...] = ()
+  scale_rule: str = 'mmseg'
+  base_size: int = 0
 
   @classmethod
-  def from_config(cls, data_config) -> EvalPreprocess:
+  def from_config(cls, data_config, eval_config=None) -> EvalPreprocess:
+    """From config.data and, for the protocols that resize on device (`resizes_on_device`), config.eval."""
+    on_device = eval_config is not None and resizes_on_device(eval_config)
     return cls(tuple(data_config.eval_size), eval_label_size(data_config), tuple(data_config.eval_scale),
-               data_config.image_pad_value, data_config.resize_antialias)
+               data_config.image_pad_value, data_config.resize_antialias,
+               scales=tuple(eval_config.scales) if on_device else (),
+               scale_rule=eval_config.combine if on_device else 'mmseg', base_size=data_config.base_size)
+
+  def sizes_at_scales(self, height: int, width: int) -> list[tuple[int, int]]:
+    """The (h, w) of an original (height, width) image at each of `scales`."""
+    return [scaled_size(height, width, s, self.scale_rule, eval_scale=self.eval_scale, base_size=self.base_size)
+            for s in self.scales]
 
   def shape_problems(self, name: str, height: int, width: int) -> list[str]:
     """Why an eval sample with an original (height, width) label does not fit the static eval shapes, if it
@@ -215,6 +267,14 @@ class EvalPreprocess(grain.transforms.Map):
       problems.append(f'{name}: label is {height}x{width} (HxW), larger than the padded eval label size '
                       f'{tuple(self.label_size)}; set --config.data.{key} to at least the largest image size of '
                       'the eval split')
+    if self.scales:
+      for scale, size in zip(self.scales, self.sizes_at_scales(height, width)):
+        canvas = scale_canvas(self.eval_size, scale)
+        if size[0] > canvas[0] or size[1] > canvas[1]:
+          problems.append(f'{name}: image is {size[0]}x{size[1]} (HxW) at scale {scale} ({self.scale_rule} rule), '
+                          f'larger than config.data.eval_size={tuple(self.eval_size)} x {scale} = {canvas}; set '
+                          '--config.data.eval_size to at least the largest image size of the eval split at scale 1')
+      return problems
     resized = eval_rescale_size(height, width, self.eval_scale)
     if resized[0] > self.eval_size[0] or resized[1] > self.eval_size[1]:
       problems.append(f'{name}: image is {resized[0]}x{resized[1]} (HxW) after the eval resize, larger than '
@@ -228,10 +288,15 @@ class EvalPreprocess(grain.transforms.Map):
     problems = self.shape_problems(sample.get('name', 'sample'), height, width)
     if problems:
       raise DataError(problems[0])
-    resized = eval_rescale_size(height, width, self.eval_scale)
-    image = resize_image(image, resized, self.resize_antialias)
-    out = {'image': pad_image(image, self.eval_size, self.image_pad_value),
-           'image_size': np.asarray(resized, np.int32), 'original_size': np.asarray((height, width), np.int32)}
+    if self.scales:
+      out = {'image': pad_image(image, self.label_size, self.image_pad_value),
+             'image_size': np.asarray((height, width), np.int32),
+             'scale_sizes': np.asarray(self.sizes_at_scales(height, width), np.int32)}
+    else:
+      resized = eval_rescale_size(height, width, self.eval_scale)
+      out = {'image': pad_image(resize_image(image, resized, self.resize_antialias), self.eval_size,
+                                self.image_pad_value), 'image_size': np.asarray(resized, np.int32)}
+    out['original_size'] = np.asarray((height, width), np.int32)
     if label is not None:
       out['label'] = pad_label(label, self.label_size)
     if 'index' in sample:

@@ -113,30 +113,37 @@ def _nearest_sources(in_size: int, out_size: int) -> np.ndarray:
   return np.minimum(np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64), in_size - 1)
 
 
-def _dynamic_taps(in_size: jax.Array, out_size: jax.Array, out_len: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _dynamic_taps(in_size: jax.Array, out_size: jax.Array, out_len: int,
+                  align_corners: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The two source indices and the weight of the second for each of out_len outputs, mapping [0, in_size) onto
-  [0, out_size) with align_corners=False (the formulas of `linear_taps`, for traced sizes).
+  [0, out_size) (the formulas of `linear_taps`, for traced sizes).
 
   Outputs at or beyond out_size are padding: their taps are whatever the formula gives, always inside [0, in_size).
   """
-  scale = in_size.astype(jnp.float32) / out_size.astype(jnp.float32)
-  src = jnp.maximum((jnp.arange(out_len, dtype=jnp.float32) + 0.5) * scale - 0.5, 0.0)
+  dst = jnp.arange(out_len, dtype=jnp.float32)
+  if align_corners:
+    scale = jnp.where(out_size > 1, (in_size - 1).astype(jnp.float32) / jnp.maximum(out_size - 1, 1), 0.0)
+    src = dst * scale
+  else:
+    scale = in_size.astype(jnp.float32) / out_size.astype(jnp.float32)
+    src = jnp.maximum((dst + 0.5) * scale - 0.5, 0.0)
   lo = jnp.minimum(src.astype(jnp.int32), in_size - 1)
   hi = jnp.minimum(lo + 1, in_size - 1)
   return lo, hi, src - lo.astype(jnp.float32)
 
 
-def _resize_region(x: jax.Array, in_size: jax.Array, out_size: jax.Array, out_shape: tuple[int, int]) -> jax.Array:
+def _resize_region(x: jax.Array, in_size: jax.Array, out_size: jax.Array, out_shape: tuple[int, int],
+                   align_corners: bool) -> jax.Array:
   """One (H, W, C) image: x[:in_h, :in_w] resized to (out_h, out_w) at the top-left of an out_shape canvas."""
-  rows_lo, rows_hi, rows_frac = _dynamic_taps(in_size[0], out_size[0], out_shape[0])
+  rows_lo, rows_hi, rows_frac = _dynamic_taps(in_size[0], out_size[0], out_shape[0], align_corners)
   y = x[rows_lo] * (1 - rows_frac)[:, None, None] + x[rows_hi] * rows_frac[:, None, None]
-  cols_lo, cols_hi, cols_frac = _dynamic_taps(in_size[1], out_size[1], out_shape[1])
+  cols_lo, cols_hi, cols_frac = _dynamic_taps(in_size[1], out_size[1], out_shape[1], align_corners)
   return y[:, cols_lo] * (1 - cols_frac)[None, :, None] + y[:, cols_hi] * cols_frac[None, :, None]
 
 
-def resize_bilinear_regions(x: jax.Array, in_sizes: jax.Array, out_sizes: jax.Array,
-                            out_shape: Sequence[int]) -> jax.Array:
-  """Resizes the top-left region of each image to a per-image size, with align_corners=False semantics.
+def resize_bilinear_regions(x: jax.Array, in_sizes: jax.Array, out_sizes: jax.Array, out_shape: Sequence[int],
+                            align_corners: bool = False) -> jax.Array:
+  """Resizes the top-left region of each image to a per-image size, with PyTorch's bilinear semantics.
 
   For image b, the region x[b, :in_h, :in_w] is resized to (out_h, out_w) like F.interpolate of the cropped
   region would, and placed at the top-left of a (out_H, out_W) canvas (the rest holds padding values). This is
@@ -149,9 +156,10 @@ def resize_bilinear_regions(x: jax.Array, in_sizes: jax.Array, out_sizes: jax.Ar
     in_sizes: int (B, 2) region sizes (in_h, in_w) inside (H, W).
     out_sizes: int (B, 2) target sizes (out_h, out_w) inside (out_H, out_W).
     out_shape: static (out_H, out_W).
+    align_corners: PyTorch's corner convention (see `linear_taps`).
   Returns:
     (B, out_H, out_W, C) float32 array.
   """
   shape = tuple(int(s) for s in out_shape)
-  return jax.vmap(lambda image, i, o: _resize_region(image, i, o, shape))(x.astype(jnp.float32), in_sizes,
-                                                                           out_sizes)
+  return jax.vmap(lambda image, i, o: _resize_region(image, i, o, shape, align_corners))(
+      x.astype(jnp.float32), in_sizes, out_sizes)

@@ -51,15 +51,24 @@ class Evaluator:
     writer.write(step, 'eval', {k: v for k, v in results.items() if not k.startswith('acc/')})
 
 
+def restore_variables(exp: experiment.Experiment, workdir: str | epath.Path,
+                      step: int | None = None) -> tuple[int, dict[str, Any]]:
+  """(step, {'params', 'batch_stats'}) of checkpoint `step` (default: the latest) of `workdir`, placed with the
+  shapes and shardings of `exp`'s train state: what evaluation and prediction run. The optimizer state is not
+  read."""
+  checkpointer = Checkpointer(workdir, create=False)
+  try:
+    abstract = exp.abstract_state()
+    return checkpointer.restore_variables({'params': abstract.params, 'batch_stats': abstract.batch_stats}, step=step)
+  finally:
+    checkpointer.close()
+
+
 def evaluate(config, workdir: str | epath.Path, step: int | None = None) -> dict[str, float]:
   """Restores the latest checkpoint of `workdir` (or `step`), evaluates it and appends the results to
   metrics.jsonl."""
   exp = experiment.build(config)
-  checkpointer = Checkpointer(workdir, create=False)
-  abstract = exp.abstract_state()
-  restored_step, variables = checkpointer.restore_variables(
-      {'params': abstract.params, 'batch_stats': abstract.batch_stats}, step=step)
-  checkpointer.close()
+  restored_step, variables = restore_variables(exp, workdir, step)
   evaluator = Evaluator(exp)
   results = evaluator.run(variables)
   writer = reporting.MetricWriter(workdir)

@@ -68,6 +68,17 @@ class Experiment:
                    out_shardings=parallel.batch_sharded(self.mesh))
 
   @functools.cached_property
+  def image_confusion_step(self) -> Callable[[jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
+    """Jitted (predictions int32 (B, Lh, Lw) from predict_step, labels uint8 (B, Lh, Lw), index int32 (B,), all
+    sharded on the batch) -> replicated {'confusion': int32 (B, K, K) per image (see steps.image_confusions),
+    'index': int32 (B,)}: every process sees every image's confusion."""
+    def step(predictions, labels, index):
+      return {'confusion': steps.image_confusions(predictions, labels, num_classes=self.info.num_classes,
+                                                  ignore_index=self.info.ignore_index), 'index': index}
+    return jax.jit(step, in_shardings=(parallel.batch_sharded(self.mesh),) * 3,
+                   out_shardings=parallel.replicated(self.mesh))
+
+  @functools.cached_property
   def predict(self) -> Callable[[dict, jax.Array], jax.Array]:
     """Jitted (variables, uint8 images (B, H, W, 3) sharded on the batch) -> logits (B, H, W, K), same sharding."""
     fn = functools.partial(inference.predict_logits, model=self.model, config=self.config)

@@ -1,6 +1,7 @@
 """Command line: python -m ctxseg_jax.main --config configs/demo.py [--workdir DIR] [--mode MODE].
 
 Modes: train (default; resumes from <workdir>/checkpoints when present), eval (latest checkpoint or --step),
+predict (a checkpoint's predictions as images: --input DIR_OR_GLOB, or the eval split, --output OUT),
 summary (parameter counts and FLOPs, no data needed), check_data (decode and verify every sample).
 Config values are overridden on the command line, e.g. --config.train.steps=100 --config.data.root=/data/x.
 A model is a backbone and named heads, the loss named weighted terms, each with its own settings:
@@ -20,8 +21,17 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file
                                           '--config.KEY=VALUE, e.g. --config.model.heads.decode_head.channels=256 '
                                           'or --config.loss.terms.aux.weight=0.2.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (local or gs://); default runs/<config name>.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'summary', 'check_data'], 'What to do.')
-_STEP = flags.DEFINE_integer('step', None, 'With --mode eval: the checkpoint step (default: the latest).')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'predict', 'summary', 'check_data'], 'What to do.')
+_STEP = flags.DEFINE_integer('step', None, 'With --mode eval or predict: the checkpoint step (default: the latest).')
+_INPUT = flags.DEFINE_string('input', None, 'With --mode predict: a folder of images (sub-folders included), a glob '
+                             '(quoted) or one image file; default: the eval split (config.data.eval_split), whose '
+                             'labels then give per-image scores and comparison images.')
+_OUTPUT = flags.DEFINE_string('output', None, 'With --mode predict: the folder the predictions are written to '
+                              '(local or gs://); images already complete there are skipped.')
+_LABEL_FORMAT = flags.DEFINE_enum('label_format', 'palette', ['palette', 'cityscapes_label_ids'],
+                                  'With --mode predict: <stem>.png as a palette PNG of class ids with the dataset '
+                                  'colours, or as Cityscapes labelIds (the test server format; Cityscapes only).')
+_PREDICT_FLAGS = ('input', 'output', 'label_format')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0 '
                                    '(auto-detected on Cloud TPU VMs and SLURM).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
@@ -58,6 +68,12 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   if config is None:
     _fail('--config is required, e.g. --config configs/demo.py')
+  if _MODE.value != 'predict':
+    given = [f'--{name}' for name in _PREDICT_FLAGS if flags.FLAGS[name].present]
+    if given:
+      _fail(f'{", ".join(given)} only apply to --mode predict')
+  elif not _OUTPUT.value:
+    _fail('--mode predict needs --output DIR, the folder the predictions are written to')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, grain) drown the progress lines
   # Imported after flag parsing so that `--help` and flag errors are instant.
@@ -79,6 +95,10 @@ def main(argv: list[str]) -> None:
     elif _MODE.value == 'eval':
       from ctxseg_jax import evaluate
       evaluate.evaluate(config, workdir, step=_STEP.value)
+    elif _MODE.value == 'predict':
+      from ctxseg_jax import predict
+      predict.predict(config, workdir, _OUTPUT.value, input_path=_INPUT.value, step=_STEP.value,
+                      label_format=_LABEL_FORMAT.value)
     elif _MODE.value == 'summary':
       from ctxseg_jax import summary
       summary.summarize(config, workdir)

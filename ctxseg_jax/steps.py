@@ -1,5 +1,5 @@
 """The train state and the pure functions jit-compiled over the mesh (see experiment.py): init, one train step,
-one eval step."""
+one eval step, one predict step and per-image confusion matrices."""
 from __future__ import annotations
 
 from typing import Any
@@ -85,6 +85,14 @@ def predict_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Modu
   resolution: the image's (h, w) = batch['original_size'] top-left region is its prediction, the rest padding."""
   scores, _ = scores_at_original_size(variables, batch, out_shape, model=model, config=config)
   return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+
+
+def image_confusions(predictions: jax.Array, labels: jax.Array, *, num_classes: int,
+                     ignore_index: int) -> jax.Array:
+  """int32 (B, K, K) confusion matrix of each image (rows ground truth, columns prediction) between predictions
+  int (B, Lh, Lw) (predict_step's) and labels uint8 (B, Lh, Lw) at the same resolution; ignored and padded label
+  pixels are not counted."""
+  return jax.vmap(lambda p, l: metrics.confusion_matrix(p, l, num_classes, ignore_index))(predictions, labels)
 
 
 def eval_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,

@@ -31,6 +31,9 @@ NUM_IMAGES = {'train': 2975, 'val': 500, 'test': 1525}
 RAW_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
                    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 
+# Train id -> raw label id (cityscapesScripts' labelIds), the test server's format: 0..18 -> 7, 8, 11, ..., 33.
+TRAIN_TO_RAW_ID = tuple(raw for raw, _ in sorted(RAW_TO_TRAIN_ID.items(), key=lambda item: item[1]))
+
 
 def raw_label_map(ignore_index: int = 255) -> files.LabelMap:
   """The `*_labelIds.png` map: raw ids 0..33 and 255 -> train ids 0..18 or ignore."""

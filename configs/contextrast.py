@@ -16,7 +16,9 @@ Table II's training (SGD momentum 0.9, wd 5e-4, poly to 1e-4; protocols.contextr
   `coco_stuff`  COCO-Stuff-10k (9000 train / 1000 test images, as the CVPR paper's), 512x512 crops of (2048, 512),
                 batch 16, 60k, lr 0.01.
 The CVPR paper tested CamVid, ADE20K, PASCAL-Context and COCO-Stuff multi-scale (0.75-2.0) with flip and Cityscapes
-single-scale; until full-protocol evaluation exists, every cell evaluates single-scale on the whole image.
+single-scale. Every cell evaluates single-scale on the whole image (as periodic evaluation during training should);
+the paper's multi-scale protocol is --config.eval.scales="(0.75, 1.0, 1.25, 1.5, 1.75, 2.0)" --config.eval.flip=True
+(mmseg's combination: softmax averaged; the feature metrics stay those of the whole image at scale 1).
 
 Targets (mIoU; Contextrast++ Table III, the same authors' re-report of the CVPR paper), baseline -> Contextrast:
   | model          | cityscapes      | camvid          | ade20k          | pcontext        | coco_stuff      |

@@ -10,12 +10,13 @@ SyncBN, 80 epochs, SGD lr 0.001 per 16 images (x10 for head and auxiliary head),
 to 0, aux weight 0.2, SE weight 0.2, lateral connections on (PyTorch-Encoding enables them for "p*" datasets),
 element-wise dropout 0.1, cross-entropy over valid pixels, base size 520 (long side) x U(0.5, 2.0), crop 480.
 
-Not yet reproduced here: the ImageNet-pretrained resnet101s weights (weight import is planned), and multi-scale
-sliding evaluation. Evaluation resizes the long side to 520 (PyTorch-Encoding's base size at scale 1), runs the
-whole image padded to 520x520 (PyTorch-Encoding slides 480 crops over it) and scores the logits resized back to
-the original resolution (PASCAL images are at most 500x500: eval_label_size). Both eval resizes use
-align_corners=False; PyTorch-Encoding's use align_corners=True (an option for that comes with full-protocol
-evaluation). Images are resized with PIL's bilinear (data.resize_antialias True), as PyTorch-Encoding does.
+Evaluation (eval.combine 'pte', PyTorch-Encoding's MultiEvalModule): for each scale 0.5-1.75, the long side
+resized to ceil(520 x scale) (align_corners True), 480x480 windows every 320 pixels padded with black, exp(logits +
+mirrored logits) summed over windows and scales, scored at the original resolution (PASCAL images are at most
+500x500: eval_label_size). Single scale: --config.eval.scales="(1.0,)" (still sliding and flipped, as
+PyTorch-Encoding's own single-scale test). Not yet reproduced here: the ImageNet-pretrained resnet101s weights
+(weight import is planned). Training images are resized with PIL's bilinear (data.resize_antialias True), as
+PyTorch-Encoding does.
 PyTorch-Encoding's 80 x 312 = 24960 iterations drop the last partial batch of each epoch; the protocol's step
 count (24990) rounds up.
 

@@ -11,8 +11,9 @@ random 520x520 crop (padding 0, label ignore), flip, cv2 resizing; test: the sho
 Model: as configs/ocrnet_hr48_cityscapes.py, with 150 classes.
 
 Not yet reproduced here: the ImageNet-pretrained HRNetV2-W48 weights (weight import is planned); HRNet-OCR's test
-slides 520x520 windows (stride 2/3) over the resized image, and here the whole resized image runs at once, padded
-to 2080x2080 with the long side capped at 2080 (full-protocol evaluation is planned).
+slides 520x520 windows (stride 2/3) over the resized image, padded to a multiple of 8, and here the whole resized
+image runs at once (logits upsampled with align_corners True), padded to 2080x2080 with the long side capped at
+2080.
 
 python -m ctxseg_jax.main --config configs/ocrnet_hr48_ade20k.py --config.data.root=/data/ADEChallengeData2016
 """

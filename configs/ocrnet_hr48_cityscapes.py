@@ -8,7 +8,10 @@ Protocol: 4 GPUs x 3 images, SyncBN, 484 epochs (119,548 iterations at batch 12)
 wd 5e-4, poly 0.9 to 0; cross-entropy over valid pixels with HRNet-OCR's Cityscapes class weights on the OCR
 logits (weight 1) and on the auxiliary soft-region logits (0.4), both upsampled to the label size with
 align_corners True; train rescale of the long side to 2048 x (0.5 + k / 10), k in 0..16, random 512x1024 crop
-(padding 0, label ignore), flip, cv2 resizing; test: the whole 1024x2048 image.
+(padding 0, label ignore), flip, cv2 resizing; test (eval.combine 'hrnet'): the whole 1024x2048 image, logits
+upsampled with align_corners True. Multi-scale + flip as HRNet-OCR's TEST.MULTI_SCALE (whole image at scales <= 1,
+1024x2048 windows above; exp-logits summed): --config.eval.scales="(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)"
+--config.eval.flip=True.
 Model: HRNetV2-W48 (fusion upsampling align_corners True, convs N(0, 0.001)); the auxiliary head (1x1 conv 720 ->
 720 with bias, BN, ReLU, 1x1 -> 19) runs at inference, its logits being the soft object regions; the OCR head
 (3x3 conv 720 -> 512 with bias, BN, ReLU; gather; object attention with 256 key channels; 1x1 fusion 1024 -> 512;

@@ -14,8 +14,9 @@ the 171 classes ranked).
 Model: as configs/ocrnet_hr48_cityscapes.py, with 171 classes.
 
 Not yet reproduced here: the ImageNet-pretrained weights (weight import is planned); HRNet-OCR's sliding 520
-windows at test (full-protocol evaluation is planned): evaluation runs the whole image with the short side resized
-to 520 (long side capped at 1040).
+windows at test over the image padded to a multiple of 8 (its 520-pixel protocol, which eval.combine 'hrnet' does
+not model yet): evaluation runs the whole image with the short side resized to 520 (long side capped at 1040), logits
+upsampled with align_corners True.
 
 python -m ctxseg_jax.main --config configs/ocrnet_hr48_coco_stuff10k.py --config.data.root=/data/coco_stuff10k
 """

@@ -227,9 +227,9 @@ def _eval_protocol_problems(settings: ml_collections.ConfigDict) -> list[str]:
   if not (isinstance(scales, (tuple, list)) and scales and all(isinstance(s, (int, float)) and s > 0 for s in scales)):
     return [f'config.eval.scales={scales!r} must be a non-empty tuple of positive factors, e.g. '
             '--config.eval.scales="(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)"; (1.0,) for single scale']
-  if settings.feature_metrics and transforms.resizes_on_device(settings):
-    return ['config.eval.feature_metrics=True needs single-scale, unflipped whole-image evaluation (eval.mode '
-            "'whole', eval.scales (1.0,), eval.flip False): the features are those of one forward pass per image"]
+  if settings.feature_metrics and transforms.resizes_on_device(settings) and 1.0 not in scales:
+    return [f'config.eval.feature_metrics=True needs 1.0 among config.eval.scales={tuple(scales)!r}: the features '
+            'are those of the whole image at scale 1']
   return []
 
 

@@ -458,7 +458,7 @@ def _run(exp: experiment.Experiment, variables: dict, todo_source: _Subset, todo
          todo: list[int], writer: _Writer, table: _PerImageCsv | None) -> None:
   """Predicts `todo_source` in eval batches, the device one batch ahead of the host that writes the results."""
   config = exp.config
-  batches, _ = pipeline.eval_batches(todo_source, config.data, config.eval.batch_size)
+  batches, _ = pipeline.eval_batches(todo_source, config.data, config.eval.batch_size, eval_config=config.eval)
   progress = _Progress(len(todo))
   futures: list[concurrent.futures.Future] = []
   pool = concurrent.futures.ThreadPoolExecutor(_WRITER_THREADS)

@@ -219,6 +219,8 @@ def _hrnet_ocr_training(config: ml_collections.ConfigDict, *, num_train: int, ba
   config.optim.end_lr = 0.0
   config.eval.batch_size = 4
   config.eval.miou_convention = 'all'
+  config.eval.combine = 'hrnet'
+  config.eval.align_corners = True
 
 
 def hrnet_ocr_cityscapes(config: ml_collections.ConfigDict, *, epochs: int = 484) -> HeadSettings:
@@ -231,6 +233,10 @@ def hrnet_ocr_cityscapes(config: ml_collections.ConfigDict, *, epochs: int = 484
                  align_corners=True)  # BALANCE_WEIGHTS [0.4, 1]
   config.train.eval_every = 12_000
   config.train.checkpoint_every = 4_000
+  # multi_scale_inference: the whole image at scales <= 1, 1024x2048 windows every 1024x2048 above (TEST.
+  # MULTI_SCALE: --config.eval.scales="(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)" --config.eval.flip=True).
+  config.eval.mode = 'slide'
+  config.eval.crop_size = config.eval.stride = (1024, 2048)
   return _hrnet(config, width=48, align_corners=True, weight_init='hrnet')
 
 
@@ -303,7 +309,25 @@ def pytorch_encoding_pcontext(config: ml_collections.ConfigDict, *, epochs: int 
   config.optim.end_lr = 0.0
   config.eval.batch_size = 16
   config.eval.miou_convention = 'all'
+  pytorch_encoding_evaluation(config)
   return _r101_d8(config, stem='s', dropout_mode='element')
+
+
+PTE_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def pytorch_encoding_evaluation(config: ml_collections.ConfigDict) -> None:
+  """PyTorch-Encoding's MultiEvalModule as its model zoo numbers are measured (test.py --eval --ms): long side
+  ceil(data.base_size x s) for s in 0.5..1.75, 480x480 windows every 320 pixels (crop x 2/3) padded with black,
+  exp(logits + mirrored logits) summed, align_corners True. Single scale: --config.eval.scales="(1.0,)"."""
+  config.eval.combine = 'pte'
+  config.eval.mode = 'slide'
+  config.eval.crop_size = tuple(config.data.crop_size)
+  config.eval.stride = tuple(int(c * 2 / 3) for c in config.data.crop_size)
+  config.eval.scales = PTE_SCALES
+  config.eval.flip = True
+  config.eval.align_corners = True
+  config.eval.windows_per_pass = 16
 
 
 def hrnet_v2_head(config: ml_collections.ConfigDict, stages: HeadSettings, *, width: int) -> None:

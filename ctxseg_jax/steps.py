@@ -2,7 +2,7 @@
 one eval step, one predict step and per-image confusion matrices."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -65,18 +65,38 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   return new_state, {'loss': loss, **logs}
 
 
+class ClassifierFeatures(NamedTuple):
+  """Features before the classifier from one whole-image forward pass, and where the images lay in its input.
+
+  features: (B, h, w, C). image_size: int (B, 2), each image's size inside the input. input_shape: (H, W).
+  """
+  features: jax.Array
+  image_size: jax.Array
+  input_shape: tuple[int, int]
+
+
 def scores_at_original_size(variables: dict, batch: dict[str, jax.Array], out_shape: tuple[int, int], *,
                              model: nn.Module, config: ml_collections.ConfigDict,
-                             features: bool = False) -> tuple[jax.Array, jax.Array | None]:
+                             features: bool = False) -> tuple[jax.Array, ClassifierFeatures | None]:
   """Class scores (B, *out_shape, K) of an eval batch {'image', 'image_size', 'original_size', ...} at each image's
-  original resolution (padded to out_shape), by config.eval (inference's two routes), and with `features` (whole
-  single-scale inference only) the features before the classifier (inference.predict_logits_and_features)."""
+  original resolution (padded to out_shape), by config.eval (inference's two routes), and with `features` the
+  features before the classifier (inference.predict_logits_and_features) of the whole image: the eval image's
+  own forward pass on the single-scale route; on the protocol route, an extra pass over the image at scale 1.0."""
   if transforms.resizes_on_device(config.eval):
-    return inference.protocol_scores(variables, batch, out_shape, model=model, config=config), None
+    scores = inference.protocol_scores(variables, batch, out_shape, model=model, config=config)
+    if not features:
+      return scores, None
+    sizes = batch['scale_sizes'][:, list(config.eval.scales).index(1.0)]
+    shape = transforms.scale_canvas(config.data.eval_size, 1.0)
+    images = inference.scaled_images(batch['image'], batch['original_size'], sizes, shape, config)
+    _, recorded = inference.predict_logits_and_features(variables, images, model=model, config=config)
+    return scores, ClassifierFeatures(recorded, sizes, shape)
   logits, recorded = inference.predict_logits_and_features(variables, batch['image'], model=model, config=config,
                                                             features=features)
   scores = inference.logits_at_original_size(logits, batch['image_size'], batch['original_size'], out_shape, config)
-  return scores, recorded
+  if not features:
+    return scores, None
+  return scores, ClassifierFeatures(recorded, batch['image_size'], batch['image'].shape[1:3])
 
 
 def predict_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
@@ -110,8 +130,9 @@ def eval_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
   result = {'confusion': metrics.confusion_matrix(jnp.argmax(scores, axis=-1), batch['label'], num_classes,
                                                   ignore_index)}
   if features is not None:
-    labels = feature_metrics.labels_at_features(batch['label'], batch['image_size'], batch['original_size'],
-                                                batch['image'].shape[1:3], features.shape[1:3], num_classes)
-    result['features'] = feature_metrics.batch_statistics(features, labels, batch['index'], num_classes=num_classes,
-                                                          samples=config.eval.feature_samples, seed=config.seed)
+    labels = feature_metrics.labels_at_features(batch['label'], features.image_size, batch['original_size'],
+                                                features.input_shape, features.features.shape[1:3], num_classes)
+    result['features'] = feature_metrics.batch_statistics(features.features, labels, batch['index'],
+                                                          num_classes=num_classes, samples=config.eval.feature_samples,
+                                                          seed=config.seed)
   return result

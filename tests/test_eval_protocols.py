@@ -11,10 +11,10 @@ from ctxseg_jax import experiment, inference
 from ctxseg_jax.data import transforms
 from ctxseg_jax.models.layers.resize import resize_bilinear
 from ctxseg_jax.ops import sliding_window
+from bench import eval_reference
 from tests.tiny_config import get_config
 
 CANVAS = (40, 40)
-NUM_CLASSES = 8  # the synthetic dataset of tests/tiny_config.py
 
 
 def test_window_origins_follow_each_reference_loop():
@@ -58,124 +58,20 @@ def _ours(config, exp, variables, images):
   return [np.asarray(scores[b, :image.shape[0], :image.shape[1]]) for b, image in enumerate(images)]
 
 
-def _logits(exp, variables, config, pixels, align_corners):
-  """The model on one float (h, w, 3) pixel window, its logits resized to the window."""
-  x = inference.normalize(jnp.asarray(pixels)[None], config.data.mean, config.data.std)
-  logits = exp.model.apply(variables, x, train=False)['logits']
-  return np.asarray(resize_bilinear(logits, pixels.shape[:2], align_corners)[0])
+def _logits_fn(exp, variables, config):
+  """The model on one float (h, w, 3) pixel window, its logits resized to the window (bench.eval_reference)."""
+  def logits(pixels, align_corners):
+    x = inference.normalize(jnp.asarray(pixels)[None], config.data.mean, config.data.std)
+    out = exp.model.apply(variables, x, train=False)['logits']
+    return np.asarray(resize_bilinear(out, pixels.shape[:2], align_corners)[0])
+  return logits
 
 
-def _resize(array, size, align_corners=False):
-  return np.asarray(resize_bilinear(jnp.asarray(array, jnp.float32)[None], size, align_corners)[0])
+def _direct(combine, exp, variables, config, image):
+  return eval_reference.LOOPS[combine](_logits_fn(exp, variables, config), config, image, exp.info.num_classes)
 
 
 
-
-def _mmseg_direct(exp, variables, config, image):
-  """mmseg: Resize(keep_ratio) per scale, slide_inference (or whole_inference: one window of the image's size) on
-  the (flipped) image, each entry resized to the original, softmax averaged over the entries when there are
-  several."""
-  entries = []
-  for scale in config.eval.scales:
-    size = (int(image.shape[0] * scale + 0.5), int(image.shape[1] * scale + 0.5))
-    resized = _resize(image, size)
-    (ch, cw), (sh, sw) = (size, size) if config.eval.mode == 'whole' else (config.eval.crop_size, config.eval.stride)
-    for flip in ((False, True) if config.eval.flip else (False,)):
-      x = resized[:, ::-1] if flip else resized
-      height, width = x.shape[:2]
-      preds, count = np.zeros((height, width, NUM_CLASSES)), np.zeros((height, width, 1))
-      for h_idx in range(max(height - ch + sh - 1, 0) // sh + 1):
-        for w_idx in range(max(width - cw + sw - 1, 0) // sw + 1):
-          y1, x1 = h_idx * sh, w_idx * sw
-          y2, x2 = min(y1 + ch, height), min(x1 + cw, width)
-          y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
-          preds[y1:y2, x1:x2] += _logits(exp, variables, config, x[y1:y2, x1:x2], False)
-          count[y1:y2, x1:x2] += 1
-      logits = preds / count
-      entries.append(_resize(logits[:, ::-1] if flip else logits, image.shape[:2]))
-  if len(entries) == 1:
-    return entries[0]
-  return np.mean([np.asarray(jax.nn.softmax(jnp.asarray(e), axis=-1)) for e in entries], axis=0)
-
-
-def _hrnet_direct(exp, variables, config, image):
-  """HRNet multi_scale_inference: long side to base_size x scale, whole image for scales <= 1, windows otherwise;
-  per pass exp of the (flip-averaged) logits; summed over scales after resizing to the original."""
-  (ch, cw), (sh, sw) = config.eval.crop_size, config.eval.stride
-
-  def infer(x):
-    logits = _logits(exp, variables, config, x, False)
-    if config.eval.flip:
-      logits = (logits + _logits(exp, variables, config, x[:, ::-1], False)[:, ::-1]) * 0.5
-    return np.exp(logits)
-
-  final = 0
-  for scale in config.eval.scales:
-    long_size = int(config.data.base_size * scale + 0.5)
-    h, w = image.shape[:2]
-    size = (long_size, int(w * long_size / h + 0.5)) if h > w else (int(h * long_size / w + 0.5), long_size)
-    x = _resize(image, size)
-    if scale <= 1.0:
-      preds = infer(x)
-    else:
-      new_h, new_w = size
-      preds, count = np.zeros((new_h, new_w, NUM_CLASSES)), np.zeros((new_h, new_w, 1))
-      for r in range(int(np.ceil((new_h - ch) / sh)) + 1):
-        for c in range(int(np.ceil((new_w - cw) / sw)) + 1):
-          h0, w0 = r * sh, c * sw
-          h1, w1 = min(h0 + ch, new_h), min(w0 + cw, new_w)
-          h0, w0 = max(int(h1 - ch), 0), max(int(w1 - cw), 0)
-          preds[h0:h1, w0:w1] += infer(x[h0:h1, w0:w1])
-          count[h0:h1, w0:w1] += 1
-      preds = preds / count
-    final = final + _resize(preds, image.shape[:2])
-  return final
-
-
-def _pte_direct(exp, variables, config, image):
-  """PyTorch-Encoding MultiEvalModule: long side ceil(base_size x scale) (align_corners resizes), padded to the
-  crop with black, windows at multiples of the stride padded to the crop, exp of (logits + mirrored logits)."""
-  crop, stride = config.eval.crop_size[0], config.eval.stride[0]
-
-  def pad(x):
-    out = np.zeros((max(crop, x.shape[0]), max(crop, x.shape[1]), 3), np.float32)
-    out[:x.shape[0], :x.shape[1]] = x
-    return out
-
-  def module_inference(x):
-    logits = _logits(exp, variables, config, x, True)
-    if config.eval.flip:
-      logits = logits + _logits(exp, variables, config, x[:, ::-1], True)[:, ::-1]
-    return np.exp(logits)
-
-  h, w = image.shape[:2]
-  scores = 0
-  for scale in config.eval.scales:
-    long_size = int(math.ceil(config.data.base_size * scale))
-    if h > w:
-      height, width, short_size = long_size, int(1.0 * w * long_size / h + 0.5), int(1.0 * w * long_size / h + 0.5)
-    else:
-      height, width, short_size = int(1.0 * h * long_size / w + 0.5), long_size, int(1.0 * h * long_size / w + 0.5)
-    current = _resize(image, (height, width), True)
-    if long_size <= crop:
-      outputs = module_inference(pad(current))[:height, :width]
-    else:
-      padded = pad(current) if short_size < crop else current
-      ph, pw = padded.shape[:2]
-      outputs, count = np.zeros((ph, pw, NUM_CLASSES)), np.zeros((ph, pw, 1))
-      for idh in range(int(math.ceil(1.0 * (ph - crop) / stride)) + 1):
-        for idw in range(int(math.ceil(1.0 * (pw - crop) / stride)) + 1):
-          h0, w0 = idh * stride, idw * stride
-          h1, w1 = min(h0 + crop, ph), min(w0 + crop, pw)
-          output = module_inference(pad(padded[h0:h1, w0:w1]))
-          outputs[h0:h1, w0:w1] += output[:h1 - h0, :w1 - w0]
-          count[h0:h1, w0:w1] += 1
-      outputs = (outputs / count)[:height, :width]
-    scores = scores + _resize(outputs, (h, w), True)
-  return scores
-
-
-DIRECT = {'mmseg': _mmseg_direct, 'hrnet': _hrnet_direct, 'pte': _pte_direct}
 
 
 def _images(sizes, seed=0):
@@ -196,7 +92,7 @@ def test_sliding_multi_scale_scores_equal_the_reference_loop(combine, scales, si
   images = _images(sizes)
   ours = _ours(config, exp, variables, images)
   for image, got in zip(images, ours):
-    expected = DIRECT[combine](exp, variables, config, image)
+    expected = _direct(combine, exp, variables, config, image)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
 
@@ -207,7 +103,7 @@ def test_whole_image_scales_equal_the_reference_loop_when_the_canvas_is_the_imag
   config, exp, variables = _setup(combine, (0.5, 1.0), True, mode='whole')
   image = _images([CANVAS], seed=1)[0]
   got = _ours(config, exp, variables, [image])[0]
-  expected = DIRECT[combine](exp, variables, config, image)
+  expected = _direct(combine, exp, variables, config, image)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
 

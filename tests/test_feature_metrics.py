@@ -135,3 +135,16 @@ def test_evaluation_reports_the_metrics_and_they_do_not_depend_on_batch_size_or_
   for key in feature_metrics.KEYS:
     assert 0 < results[0][key] < 2 and results[0][key] == pytest.approx(results[1][key], rel=1e-5), key
   assert results[0]['miou'] == results[1]['miou']
+
+
+def test_multi_scale_evaluation_reports_the_features_of_the_whole_image_at_scale_one():
+  results = []
+  for scales, flip in (((1.0,), False), ((0.75, 1.0), True)):
+    config = get_config()
+    config.eval.feature_metrics, config.eval.scales, config.eval.flip = True, scales, flip
+    exp = experiment.build(config, jax.devices()[:1])
+    state = exp.init_state()
+    results.append(Evaluator(exp).run({'params': state.params, 'batch_stats': state.batch_stats}))
+  for key in feature_metrics.KEYS:
+    assert results[0][key] == pytest.approx(results[1][key], rel=1e-5), key
+  assert results[0]['miou'] != results[1]['miou']  # the scores did come from the multi-scale protocol

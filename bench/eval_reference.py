@@ -43,8 +43,8 @@ def mmseg_loop(logits, config, image, num_classes):
           y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
           preds[y1:y2, x1:x2] += logits(x[y1:y2, x1:x2], False)
           count[y1:y2, x1:x2] += 1
-      logits = preds / count
-      entries.append(resize(logits[:, ::-1] if flip else logits, image.shape[:2]))
+      averaged = preds / count
+      entries.append(resize(averaged[:, ::-1] if flip else averaged, image.shape[:2]))
   if len(entries) == 1:
     return entries[0]
   return np.mean([np.asarray(jax.nn.softmax(jnp.asarray(e), axis=-1)) for e in entries], axis=0)

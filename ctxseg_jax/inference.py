@@ -16,8 +16,9 @@ Two routes, by `transforms.resizes_on_device(config.eval)`:
              mirror's); windows 'pad'-placed (padding of data.image_pad_value); images resized with align_corners
              True, as every resize of that protocol is; summed over scales.
   All windows of all images of one scale run as batched forward passes of eval.windows_per_pass windows (a
-  `lax.scan`, one compilation per scale), with static shapes: every image gets the most windows any image of the
-  scale's canvas needs, the surplus weighted 0 (ops.sliding_window).
+  `lax.scan` in the one compiled eval program), with static shapes: every image gets the most windows any image of
+  the scale's canvas needs, its own first and the surplus weighted 0 (ops.sliding_window); a pass in which no
+  image has a window of its own is skipped.
 """
 from __future__ import annotations
 
@@ -142,6 +143,9 @@ def window_scores(variables: dict, images: jax.Array, sizes: jax.Array, canvas: 
     (B, E_h, E_w, K) float32, 0 where no window of the image reaches.
   """
   starts, valid = sliding_window.grid(sizes, canvas, crop, stride, placement)
+  # Each image's own windows first, so that passes past every image's last window are skipped.
+  order = jnp.argsort(~valid, axis=1, stable=True)
+  starts, valid = jnp.take_along_axis(starts, order[..., None], axis=1), jnp.take_along_axis(valid, order, axis=1)
   batch, count = valid.shape
   per_pass = max(1, min(count, config.eval.windows_per_pass // batch))
   groups = -(-count // per_pass)
@@ -155,12 +159,16 @@ def window_scores(variables: dict, images: jax.Array, sizes: jax.Array, canvas: 
 
   def one_pass(total, group):
     group_starts, group_valid, group_widths = group  # (B, k, 2), (B, k), (B, k)
-    windows = sliding_window.gather_windows(images, group_starts, crop)  # (B, k, h, w, 3)
-    scores = _window_transform(variables, windows.reshape(-1, *crop, 3), group_widths.reshape(-1), model=model,
-                               config=config)
-    scores = scores.reshape(*windows.shape[:2], *crop, -1)
-    counted = jnp.concatenate([scores, jnp.ones_like(scores[..., :1])], axis=-1)
-    return sliding_window.add_windows(total, counted, group_starts, group_valid), None
+
+    def run(total):
+      windows = sliding_window.gather_windows(images, group_starts, crop)  # (B, k, h, w, 3)
+      scores = _window_transform(variables, windows.reshape(-1, *crop, 3), group_widths.reshape(-1), model=model,
+                                 config=config)
+      scores = scores.reshape(*windows.shape[:2], *crop, -1)
+      counted = jnp.concatenate([scores, jnp.ones_like(scores[..., :1])], axis=-1)
+      return sliding_window.add_windows(total, counted, group_starts, group_valid)
+
+    return jax.lax.cond(jnp.any(group_valid), run, lambda total: total, total), None
 
   grouped = [x.reshape(batch, groups, per_pass, *x.shape[2:]).swapaxes(0, 1) for x in (starts, valid, flip_widths)]
   num_classes = jax.eval_shape(lambda x: model.apply(variables, x, train=False)['logits'],

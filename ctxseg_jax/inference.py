@@ -22,6 +22,8 @@ Two routes, by `transforms.resizes_on_device(config.eval)`:
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -78,6 +80,40 @@ def logits_at_original_size(logits: jax.Array, image_size: jax.Array, original_s
   if any(config.data.eval_scale) or tuple(out_shape) != logits.shape[1:3]:
     return resize_bilinear_regions(logits, image_size, original_size, out_shape, config.eval.align_corners)
   return logits
+
+
+class ClassifierFeatures(NamedTuple):
+  """Features before the classifier from one whole-image forward pass, and where the images lay in its input.
+
+  features: (B, h, w, C). image_size: int (B, 2), each image's size inside the input. input_shape: (H, W).
+  """
+  features: jax.Array
+  image_size: jax.Array
+  input_shape: tuple[int, int]
+
+
+def scores_at_original_size(variables: dict, batch: dict[str, jax.Array], out_shape: tuple[int, int], *,
+                             model: Segmentor, config: ml_collections.ConfigDict,
+                             features: bool = False) -> tuple[jax.Array, ClassifierFeatures | None]:
+  """Class scores (B, *out_shape, K) of an eval batch {'image', 'image_size', 'original_size', ...} at each image's
+  original resolution (padded to out_shape), by config.eval (the two routes of the module docstring), and with
+  `features` the features before the classifier (predict_logits_and_features) of the whole image: the eval
+  image's own forward pass on the single-scale route; on the protocol route, an extra pass at scale 1.0."""
+  if transforms.resizes_on_device(config.eval):
+    scores = protocol_scores(variables, batch, out_shape, model=model, config=config)
+    if not features:
+      return scores, None
+    sizes = batch['scale_sizes'][:, list(config.eval.scales).index(1.0)]
+    shape = transforms.scale_canvas(config.data.eval_size, 1.0)
+    images = scaled_images(batch['image'], batch['original_size'], sizes, shape, config)
+    _, recorded = predict_logits_and_features(variables, images, model=model, config=config)
+    return scores, ClassifierFeatures(recorded, sizes, shape)
+  logits, recorded = predict_logits_and_features(variables, batch['image'], model=model, config=config,
+                                                            features=features)
+  scores = logits_at_original_size(logits, batch['image_size'], batch['original_size'], out_shape, config)
+  if not features:
+    return scores, None
+  return scores, ClassifierFeatures(recorded, batch['image_size'], batch['image'].shape[1:3])
 
 
 def protocol_scores(variables: dict, batch: dict[str, jax.Array], out_shape: tuple[int, int], *, model: Segmentor,

@@ -2,7 +2,7 @@
 one eval step, one predict step and per-image confusion matrices."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -12,7 +12,6 @@ import ml_collections
 import optax
 
 from ctxseg_jax import feature_metrics, inference, metrics
-from ctxseg_jax.data import transforms
 from ctxseg_jax.losses import LossFn
 
 
@@ -65,45 +64,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   return new_state, {'loss': loss, **logs}
 
 
-class ClassifierFeatures(NamedTuple):
-  """Features before the classifier from one whole-image forward pass, and where the images lay in its input.
-
-  features: (B, h, w, C). image_size: int (B, 2), each image's size inside the input. input_shape: (H, W).
-  """
-  features: jax.Array
-  image_size: jax.Array
-  input_shape: tuple[int, int]
-
-
-def scores_at_original_size(variables: dict, batch: dict[str, jax.Array], out_shape: tuple[int, int], *,
-                             model: nn.Module, config: ml_collections.ConfigDict,
-                             features: bool = False) -> tuple[jax.Array, ClassifierFeatures | None]:
-  """Class scores (B, *out_shape, K) of an eval batch {'image', 'image_size', 'original_size', ...} at each image's
-  original resolution (padded to out_shape), by config.eval (inference's two routes), and with `features` the
-  features before the classifier (inference.predict_logits_and_features) of the whole image: the eval image's
-  own forward pass on the single-scale route; on the protocol route, an extra pass over the image at scale 1.0."""
-  if transforms.resizes_on_device(config.eval):
-    scores = inference.protocol_scores(variables, batch, out_shape, model=model, config=config)
-    if not features:
-      return scores, None
-    sizes = batch['scale_sizes'][:, list(config.eval.scales).index(1.0)]
-    shape = transforms.scale_canvas(config.data.eval_size, 1.0)
-    images = inference.scaled_images(batch['image'], batch['original_size'], sizes, shape, config)
-    _, recorded = inference.predict_logits_and_features(variables, images, model=model, config=config)
-    return scores, ClassifierFeatures(recorded, sizes, shape)
-  logits, recorded = inference.predict_logits_and_features(variables, batch['image'], model=model, config=config,
-                                                            features=features)
-  scores = inference.logits_at_original_size(logits, batch['image_size'], batch['original_size'], out_shape, config)
-  if not features:
-    return scores, None
-  return scores, ClassifierFeatures(recorded, batch['image_size'], batch['image'].shape[1:3])
-
-
 def predict_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
                  config: ml_collections.ConfigDict, out_shape: tuple[int, int]) -> jax.Array:
   """int32 (B, *out_shape) predicted classes of an eval batch (labels not needed), at each image's original
   resolution: the image's (h, w) = batch['original_size'] top-left region is its prediction, the rest padding."""
-  scores, _ = scores_at_original_size(variables, batch, out_shape, model=model, config=config)
+  scores, _ = inference.scores_at_original_size(variables, batch, out_shape, model=model, config=config)
   return jnp.argmax(scores, axis=-1).astype(jnp.int32)
 
 
@@ -121,12 +86,12 @@ def eval_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
 
   The batch is {'image': uint8 (B, H, W, 3), 'label': uint8 (B, Lh, Lw), 'image_size': int (B, 2),
   'original_size': int (B, 2), 'index': int (B,) each image's index in the split}. Predictions are scored at each
-  image's original resolution (scores_at_original_size), as mmseg, HRNet and PyTorch-Encoding do.
+  image's original resolution (inference.scores_at_original_size), as mmseg, HRNet and PyTorch-Encoding do.
   Returns {'confusion': the (K, K) int32 confusion matrix} and, with config.eval.feature_metrics, 'features': the
   batch's feature_metrics.FeatureStats.
   """
-  scores, features = scores_at_original_size(variables, batch, batch['label'].shape[1:3], model=model, config=config,
-                                             features=config.eval.feature_metrics)
+  scores, features = inference.scores_at_original_size(variables, batch, batch['label'].shape[1:3], model=model,
+                                                       config=config, features=config.eval.feature_metrics)
   result = {'confusion': metrics.confusion_matrix(jnp.argmax(scores, axis=-1), batch['label'], num_classes,
                                                   ignore_index)}
   if features is not None:

@@ -1,5 +1,6 @@
 """Evaluation protocols (sliding windows, multi-scale, flip; mmseg, HRNet and PyTorch-Encoding combination) against
 direct loops written the way each reference writes its own: one image, one scale and one window at a time."""
+import functools
 import math
 
 import jax
@@ -59,12 +60,13 @@ def _ours(config, exp, variables, images):
 
 
 def _logits_fn(exp, variables, config):
-  """The model on one float (h, w, 3) pixel window, its logits resized to the window (bench.eval_reference)."""
-  def logits(pixels, align_corners):
-    x = inference.normalize(jnp.asarray(pixels)[None], config.data.mean, config.data.std)
-    out = exp.model.apply(variables, x, train=False)['logits']
-    return np.asarray(resize_bilinear(out, pixels.shape[:2], align_corners)[0])
-  return logits
+  """The model on one float (h, w, 3) pixel window, its logits resized to the window (bench.eval_reference); jitted
+  (one compilation per window shape), as the reference runs compiled kernels."""
+  @functools.partial(jax.jit, static_argnums=1)
+  def forward(pixels, align_corners):
+    x = inference.normalize(pixels[None], config.data.mean, config.data.std)
+    return resize_bilinear(exp.model.apply(variables, x, train=False)['logits'], pixels.shape[:2], align_corners)[0]
+  return lambda pixels, align_corners: np.asarray(forward(jnp.asarray(pixels, jnp.float32), align_corners))
 
 
 def _direct(combine, exp, variables, config, image):

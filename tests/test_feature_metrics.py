@@ -105,7 +105,8 @@ def test_labels_at_features_match_a_direct_loop_over_resized_and_padded_images()
     assert got[b, y, x] == expected, (b, y, x)
 
 
-@pytest.mark.parametrize('make_config', [get_config, lambda: use_encnet(get_config()), lambda: use_ocrnet(get_config())],
+@pytest.mark.parametrize('make_config',
+                         [get_config, lambda: use_encnet(get_config()), lambda: use_ocrnet(get_config())],
                          ids=['fcn', 'encnet', 'hrnet_ocr'])
 def test_recorded_features_are_what_the_classifier_maps_to_the_logits(make_config):
   config = make_config()

@@ -124,6 +124,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.align_corners = False        # corner convention of the logits' resizes (HRNet-OCR: True)
   c.eval.miou_convention = 'present'  # headline `miou`: 'present' (mean over classes present, mmseg) or
                                       # 'all' (mean over all classes, absent ones count 0: HRNet, PyTorch-Encoding)
+  c.eval.boundary_px = ()             # boundary mIoU in trimaps of these widths (pixels) around label boundaries,
+                                      # e.g. (3, 7, 10, 20) as Contextrast++ reports
   c.eval.feature_metrics = False      # also A, U and U_l of the features before the classifier (feature_metrics.py)
   c.eval.feature_samples = 256        # pixels sampled per class (seeded by config.seed) for A
   c.eval.feature_neighbours = 3       # l of U_l
@@ -222,11 +224,15 @@ def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str]
 
 
 def _eval_protocol_problems(settings: ml_collections.ConfigDict) -> list[str]:
-  """Scales, and what the evaluation protocols cannot combine."""
+  """Scales, trimap widths, and what the evaluation protocols cannot combine."""
   scales = settings.scales
   if not (isinstance(scales, (tuple, list)) and scales and all(isinstance(s, (int, float)) and s > 0 for s in scales)):
     return [f'config.eval.scales={scales!r} must be a non-empty tuple of positive factors, e.g. '
             '--config.eval.scales="(0.5, 0.75, 1.0, 1.25, 1.5, 1.75)"; (1.0,) for single scale']
+  widths = settings.boundary_px
+  if not (isinstance(widths, (tuple, list)) and all(isinstance(w, int) and w > 0 for w in widths)):
+    return [f'config.eval.boundary_px={widths!r} must be a tuple of positive pixel widths, e.g. '
+            '--config.eval.boundary_px="(3, 7, 10, 20)", or () for none']
   if settings.feature_metrics and transforms.resizes_on_device(settings) and 1.0 not in scales:
     return [f'config.eval.feature_metrics=True needs 1.0 among config.eval.scales={tuple(scales)!r}: the features '
             'are those of the whole image at scale 1']

@@ -27,15 +27,21 @@ class Evaluator:
     config = self.exp.config
     batches, _ = pipeline.eval_batches(self.source, config.data, config.eval.batch_size, eval_config=config.eval)
     pixels_per_batch = config.eval.batch_size * int(np.prod(transforms.eval_label_size(config.data)))
-    confusion = metrics.ConfusionAccumulator(self.exp.info.num_classes)
+    num_classes, names, convention = self.exp.info.num_classes, self.exp.info.class_names, config.eval.miou_convention
+    confusion = metrics.ConfusionAccumulator(num_classes)
+    boundaries = [metrics.ConfusionAccumulator(num_classes) for _ in config.eval.boundary_px]
     features = feature_metrics.FeatureAccumulator(config.eval.feature_neighbours)
     for host_batch in batches:
       result = self.exp.eval_step(variables, parallel.to_global(host_batch, self.exp.mesh))
       confusion.add(result['confusion'], pixels_per_batch)
+      for i, accumulator in enumerate(boundaries):
+        accumulator.add(result['boundary'][i], pixels_per_batch)
       if 'features' in result:
         features.add(result['features'])
-    results = metrics.segmentation_metrics(confusion.result(), self.exp.info.class_names,
-                                           config.eval.miou_convention)
+    results = metrics.segmentation_metrics(confusion.result(), names, convention)
+    for width, accumulator in zip(config.eval.boundary_px, boundaries):
+      boundary = metrics.segmentation_metrics(accumulator.result(), names, convention)
+      results[f'boundary_miou/{width}px'] = boundary['miou']
     if config.eval.feature_metrics:
       results.update(features.result())
     return results
@@ -44,6 +50,9 @@ class Evaluator:
     """Prints the per-class table and records the eval scalars at `step`."""
     config = self.exp.config
     table = metrics.format_table(results, self.exp.info.class_names, config.eval.miou_convention)
+    if config.eval.boundary_px:
+      table += '\nboundary mIoU (trimaps of ' + ', '.join(
+          f'{w} px: {results[f"boundary_miou/{w}px"]:.2f}' for w in config.eval.boundary_px) + ')'
     if config.eval.feature_metrics:
       table += '\n' + feature_metrics.format_line(results, config.eval.feature_samples)
     reporting.console(f'Evaluation at step {step} on {self.exp.info.name}/{config.data.eval_split} '

@@ -1,4 +1,5 @@
-"""Segmentation metrics: a confusion matrix built on device, and mIoU / mAcc / aAcc computed from it on the host.
+"""Segmentation metrics: a confusion matrix built on device, and mIoU / mAcc / aAcc computed from it on the host;
+boundary mIoU from confusion matrices restricted to trimaps around the label boundaries.
 
 Two published mIoU conventions exist and both are reported, named:
   - 'present' (mmseg IoUMetric): mean over classes whose union is non-zero (nanmean);
@@ -11,6 +12,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ctxseg_jax.ops.dilation import within_distance
 
 
 def confusion_matrix(predictions: jax.Array, labels: jax.Array, num_classes: int, ignore_index: int) -> jax.Array:
@@ -28,6 +31,34 @@ def confusion_matrix(predictions: jax.Array, labels: jax.Array, num_classes: int
   counts = jnp.bincount(index.reshape(-1), weights=valid.reshape(-1).astype(jnp.int32),
                         length=num_classes * num_classes)
   return counts.reshape(num_classes, num_classes).astype(jnp.int32)
+
+
+def label_boundaries(labels: jax.Array, original_size: jax.Array) -> jax.Array:
+  """bool (B, H, W): the pixels inside each image (its top-left original_size) whose label differs from one of
+  their 8 neighbours inside the image. The ignore label counts as a label (void regions have boundaries); the
+  padding around an image does not."""
+  height, width = labels.shape[1:]
+  inside = ((jnp.arange(height)[None, :, None] < original_size[:, :1, None])
+            & (jnp.arange(width)[None, None, :] < original_size[:, 1:, None]))
+  padded_labels = jnp.pad(labels.astype(jnp.int32), ((0, 0), (1, 1), (1, 1)))
+  padded_inside = jnp.pad(inside, ((0, 0), (1, 1), (1, 1)))
+  boundary = jnp.zeros(labels.shape, bool)
+  for dy in (-1, 0, 1):
+    for dx in (-1, 0, 1):
+      if dy or dx:
+        neighbour = padded_labels[:, 1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
+        neighbour_inside = padded_inside[:, 1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
+        boundary |= neighbour_inside & (neighbour != labels)
+  return boundary & inside
+
+
+def boundary_confusions(predictions: jax.Array, labels: jax.Array, original_size: jax.Array, widths: Sequence[int],
+                        num_classes: int, ignore_index: int) -> jax.Array:
+  """int32 (len(widths), K, K): per width w, the confusion matrix of the pixels within Euclidean distance w of a
+  label boundary (`label_boundaries`): the trimaps of boundary mIoU."""
+  boundary = label_boundaries(labels, original_size)
+  return jnp.stack([confusion_matrix(predictions, jnp.where(within_distance(boundary, w), labels, ignore_index),
+                                     num_classes, ignore_index) for w in widths])
 
 
 class ConfusionAccumulator:

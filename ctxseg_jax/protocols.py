@@ -182,10 +182,12 @@ def contextrast_grid(config: ml_collections.ConfigDict, dataset: str, backbone: 
   """The protocol of a cell of Contextrast's grid (see configs/contextrast.py): `dataset` a key of
   CONTEXTRAST_SCHEDULES, `backbone` 'r101_d8' (with mmseg's auxiliary FCN head) or 'hrnet_w48'; SGD momentum 0.9,
   wd 5e-4, poly to 1e-4, cross-entropy over all pixels (auxiliary 0.4); evaluation also reports the paper's
-  feature-level metrics A / U / U_l; returns the decode heads' settings."""
+  feature-level metrics A / U / U_l and Contextrast++'s boundary mIoU (3, 7, 10 and 20 px trimaps); returns the
+  decode heads' settings."""
   schedule = CONTEXTRAST_SCHEDULES[dataset]
   _contextrast_data(config, dataset)
   config.eval.feature_metrics = True
+  config.eval.boundary_px = (3, 7, 10, 20)  # Contextrast++'s trimaps
   _mmseg_sgd(config, batch_size=schedule.batch_size, steps=schedule.steps, eval_every=schedule.steps // 10)
   config.optim.lr = schedule.lr
   if backbone == 'r101_d8':

@@ -87,13 +87,17 @@ def eval_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
   The batch is {'image': uint8 (B, H, W, 3), 'label': uint8 (B, Lh, Lw), 'image_size': int (B, 2),
   'original_size': int (B, 2), 'index': int (B,) each image's index in the split}. Predictions are scored at each
   image's original resolution (inference.scores_at_original_size), as mmseg, HRNet and PyTorch-Encoding do.
-  Returns {'confusion': the (K, K) int32 confusion matrix} and, with config.eval.feature_metrics, 'features': the
+  Returns {'confusion': the (K, K) int32 confusion matrix}; with config.eval.boundary_px, 'boundary': one (K, K)
+  matrix per trimap width (metrics.boundary_confusions); with config.eval.feature_metrics, 'features': the
   batch's feature_metrics.FeatureStats.
   """
   scores, features = inference.scores_at_original_size(variables, batch, batch['label'].shape[1:3], model=model,
                                                        config=config, features=config.eval.feature_metrics)
-  result = {'confusion': metrics.confusion_matrix(jnp.argmax(scores, axis=-1), batch['label'], num_classes,
-                                                  ignore_index)}
+  predictions = jnp.argmax(scores, axis=-1)
+  result = {'confusion': metrics.confusion_matrix(predictions, batch['label'], num_classes, ignore_index)}
+  if config.eval.boundary_px:
+    result['boundary'] = metrics.boundary_confusions(predictions, batch['label'], batch['original_size'],
+                                                     tuple(config.eval.boundary_px), num_classes, ignore_index)
   if features is not None:
     labels = feature_metrics.labels_at_features(batch['label'], features.image_size, batch['original_size'],
                                                 features.input_shape, features.features.shape[1:3], num_classes)

@@ -95,3 +95,15 @@ def test_input_checks():
     distance_transform_edt(jnp.zeros((5,), bool))
   with pytest.raises(ValueError, match='float32'):
     jax.eval_shape(distance_transform_edt, jax.ShapeDtypeStruct((3000, 3000), jnp.bool_))
+
+
+@pytest.mark.parametrize('radius', [0, 1, 3, 7, 10])
+def test_within_distance_equals_thresholded_scipy_distances(radius):
+  from ctxseg_jax.ops.dilation import within_distance
+  rng = np.random.default_rng(radius)
+  for shape, density in (((3, 17, 23), 0.02), ((2, 40, 31), 0.005), ((1, 5, 6), 1.0)):
+    mask = rng.random(shape) < density
+    got = np.asarray(within_distance(jnp.asarray(mask), radius))
+    expected = np.stack([ndimage.distance_transform_edt(~m) <= radius for m in mask])
+    np.testing.assert_array_equal(got, expected)
+  assert not np.asarray(within_distance(jnp.zeros((9, 9), bool), radius)).any()

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from ctxseg_jax import experiment, inference, metrics, parallel
 from ctxseg_jax.data import datasets, pipeline
@@ -48,3 +49,15 @@ def test_eval_step_scores_exactly_the_predictions_of_unlabelled_images():
     got = exp.eval_step(variables, parallel.to_global(with_label, exp.mesh))['confusion']
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     assert int(np.asarray(got).sum()) > 0
+
+
+def test_boundary_miou_per_width_and_the_whole_image_at_a_width_beyond_its_diagonal():
+  from ctxseg_jax.evaluate import Evaluator
+  config = get_config()
+  config.eval.boundary_px = (1, 3, 46)  # 46 > the diagonal of the 32x32 images
+  exp = experiment.build(config, jax.devices()[:1])
+  state = exp.init_state()
+  results = Evaluator(exp).run({'params': state.params, 'batch_stats': state.batch_stats})
+  assert all(0 <= results[f'boundary_miou/{w}px'] <= 100 for w in (1, 3))
+  assert results['boundary_miou/1px'] != results['boundary_miou/3px']
+  assert results['boundary_miou/46px'] == pytest.approx(results['miou'], abs=1e-9)

@@ -73,3 +73,34 @@ def test_format_table_names_every_class(maps):
   for name in names:
     assert name in table
   assert 'n/a' in table and 'mIoU' in table
+
+
+def test_boundary_confusions_count_the_pixels_of_each_trimap():
+  """Against scipy: boundaries by a loop over 8-neighbours inside each image, trimaps by the exact distance
+  transform, one confusion matrix per width."""
+  import itertools
+  from scipy import ndimage
+  rng = np.random.default_rng(0)
+  labels = np.full((2, 14, 16), 255, np.uint8)
+  labels[0, :12, :15] = np.repeat(np.repeat(rng.integers(0, 3, (4, 5)), 3, 0), 3, 1)
+  labels[1, :9, :16] = rng.integers(0, 3, (9, 16))
+  labels[0, 2:4, 5:8] = 255  # a void region inside the image has a boundary
+  original_size = np.array([[12, 15], [9, 16]])
+  predictions = rng.integers(0, 3, (2, 14, 16))
+  widths = (1, 3)
+  got = np.asarray(metrics.boundary_confusions(jnp.asarray(predictions), jnp.asarray(labels),
+                                               jnp.asarray(original_size), widths, 3, 255))
+  for w, matrix in zip(widths, got):
+    expected = np.zeros((3, 3), np.int64)
+    for b in range(2):
+      h, wd = original_size[b]
+      image = labels[b, :h, :wd]
+      boundary = np.zeros((h, wd), bool)
+      for y, x in itertools.product(range(h), range(wd)):
+        neighbours = image[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2]
+        boundary[y, x] = (neighbours != image[y, x]).any()
+      trimap = ndimage.distance_transform_edt(~boundary) <= w
+      for y, x in zip(*np.nonzero(trimap & (image != 255))):
+        expected[image[y, x], predictions[b, y, x]] += 1
+    np.testing.assert_array_equal(matrix, expected)
+  assert 0 < got[0].sum() < got[1].sum()

@@ -71,7 +71,8 @@ def check_split(config: ml_collections.ConfigDict, split: str, info) -> list[str
   problems = list(getattr(source, 'problems', []))
   for note in getattr(source, 'notes', []):
     reporting.console(f'Note: {note}')
-  eval_preprocess = transforms.EvalPreprocess.from_config(config.data) if split == config.data.eval_split else None
+  eval_preprocess = (transforms.EvalPreprocess.from_config(config.data, config.eval) if split == config.data.eval_split
+                     else None)
   counts = np.zeros(256, np.int64)
   progress = ProgressBar(f'Checking {info.name}/{split}', len(source))
   with concurrent.futures.ThreadPoolExecutor(max(config.data.worker_count, 1)) as pool:

@@ -308,3 +308,33 @@ def test_ratio_step_draws_hrnets_discrete_scales(monkeypatch):
   for seed in range(300):
     augment.random_map(sample, np.random.default_rng(seed))
   assert widths == {int(round(20 * (0.5 + k / 10))) for k in range(17)}  # 10, 12, ..., 42: all 17 scales
+
+
+def test_scaled_sizes_follow_each_reference_rounding():
+  # HRNet multi_scale_aug: long side int(base * s + 0.5), short side int(short * long / long_orig + 0.5).
+  assert transforms.scaled_size(1024, 2048, 0.75, 'hrnet', eval_scale=(0, 0), base_size=2048) == (768, 1536)
+  assert transforms.scaled_size(375, 500, 1.25, 'hrnet', eval_scale=(0, 0), base_size=520) == (488, 650)
+  # PyTorch-Encoding MultiEvalModule: long side ceil(base * s); a square image keeps its long side on the width.
+  assert transforms.scaled_size(375, 500, 1.75, 'pte', eval_scale=(0, 0), base_size=520) == (683, 910)
+  assert transforms.scaled_size(500, 333, 0.5, 'pte', eval_scale=(0, 0), base_size=520) == (260, 173)
+  assert transforms.scaled_size(300, 300, 0.75, 'pte', eval_scale=(0, 0), base_size=520) == (390, 390)
+  # mmseg MultiScaleFlipAug: the keep-ratio eval resize to (int(2048 s), int(512 s)).
+  assert transforms.scaled_size(512, 683, 0.5, 'mmseg', eval_scale=(2048, 512), base_size=0) == (256, 342)
+  assert transforms.scaled_size(30, 40, 1.25, 'mmseg', eval_scale=(0, 0), base_size=0) == (38, 50)
+
+
+def test_multi_scale_eval_samples_carry_originals_and_scale_sizes_and_name_a_canvas_too_small():
+  config = config_lib.base_config()
+  config.eval.combine, config.eval.scales = 'pte', (0.5, 1.0, 1.75)
+  config.data.base_size, config.data.eval_size, config.data.eval_label_size = 40, (40, 40), (40, 40)
+  preprocess = transforms.EvalPreprocess.from_config(config.data, config.eval)
+  image = np.full((30, 36, 3), 7, np.uint8)
+  out = preprocess.map({'image': image, 'label': np.zeros((30, 36), np.uint8), 'index': 3})
+  assert out['image'].shape == (40, 40, 3) and (out['image'][:30, :36] == 7).all()
+  np.testing.assert_array_equal(out['image_size'], [30, 36])
+  np.testing.assert_array_equal(out['scale_sizes'], [[17, 20], [33, 40], [58, 70]])
+  assert out['index'] == 3
+  config.data.eval_size = (30, 30)
+  small = transforms.EvalPreprocess.from_config(config.data, config.eval)
+  with pytest.raises(datasets.DataError, match=r'at scale 0.5 \(pte rule\).*config.data.eval_size=\(30, 30\) x 0.5'):
+    small.map({'image': image})

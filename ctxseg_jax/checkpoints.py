@@ -4,10 +4,15 @@ Each checkpoint step holds three items: 'state' (step, params, batch_stats, opt_
 process's grain iterator position) and 'config' (the run's config as JSON). Saves are asynchronous and atomic
 (orbax writes to a temporary directory and renames it). The last `keep` checkpoints are kept, plus the one with
 the best eval mIoU.
+
+A save that fails for lack of space or permission raises storage.WriteError naming the step, the path and the
+cause (at the next save or wait: saves are asynchronous); the checkpoints saved before stay intact, and orbax's
+tracebacks of that failure are not logged.
 """
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import grain
@@ -16,6 +21,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
+
+from ctxseg_jax import storage
 
 STATE, DATA_ITER, CONFIG = 'state', 'data_iter', 'config'
 
@@ -50,6 +57,9 @@ class Checkpointer:
     handlers = {STATE: ocp.PyTreeCheckpointHandler(), DATA_ITER: grain.checkpoint.CheckpointHandler(),
                 CONFIG: ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._saving: int | None = None  # the step of the save in flight
+    self._failed = False
+    _quiet_write_failures()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -63,7 +73,10 @@ class Checkpointer:
     items = {STATE: ocp.args.PyTreeSave(state), CONFIG: ocp.args.JsonSave(json.loads(config.to_json_best_effort()))}
     if data_iter is not None:
       items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
-    self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+    self.wait()  # a failure of the previous save stops the run here, naming that save
+    self._saving = step
+    with self._write_errors():
+      self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
   def restore(self, abstract_state: Any, data_iter: grain.DatasetIterator | None = None,
               step: int | None = None) -> tuple[int, Any]:
@@ -124,11 +137,55 @@ class Checkpointer:
     return self._manager.reached_preemption(step)
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until pending asynchronous saves are on disk; storage.WriteError when one failed for lack of space
+    or permission."""
+    if self._failed:
+      return
+    with self._write_errors():
+      self._manager.wait_until_finished()
+    self._saving = None
 
   def close(self) -> None:
-    self._manager.close()
+    if self._failed:
+      return  # the manager would wait for (and log) the failed save again
+    with self._write_errors():
+      self._manager.close()
+
+  def _write_errors(self):
+    checkpointer = self
+
+    class _Translate:
+      def __enter__(self):
+        return self
+
+      def __exit__(self, kind, error, traceback):
+        os_error = storage.write_os_error(error)
+        if os_error is None:
+          return False
+        checkpointer._failed = True
+        step = checkpointer._saving
+        path = os_error.filename or checkpointer.directory
+        last = [s for s in checkpointer.all_steps() if s != step]
+        raise storage.WriteError(
+            f'cannot save checkpoint{"" if step is None else f" step {step}"}: {storage.describe(os_error)} '
+            f'({path}); the last good checkpoint is {f"step {max(last)}" if last else "none"} in '
+            f'{checkpointer.directory}') from None
+
+    return _Translate()
+
+
+class _WriteFailureFilter(logging.Filter):
+  """Drops orbax's logged tracebacks of a save that failed for lack of space or permission: the run reports it
+  as one line (storage.WriteError)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.exc_info and storage.write_os_error(record.exc_info[1]) is not None)
+
+
+def _quiet_write_failures() -> None:
+  logger = logging.getLogger('absl')
+  if not any(isinstance(f, _WriteFailureFilter) for f in logger.filters):
+    logger.addFilter(_WriteFailureFilter())
 
 
 def _pytree_restore(abstract: Any, *, partial: bool = False) -> ocp.args.PyTreeRestore:

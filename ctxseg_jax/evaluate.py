@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from ctxseg_jax import experiment, feature_metrics, metrics, parallel, reporting
+from ctxseg_jax import experiment, feature_metrics, metrics, parallel, reporting, storage
 from ctxseg_jax.checkpoints import Checkpointer
 from ctxseg_jax.data import datasets, pipeline, transforms
 
@@ -78,6 +78,7 @@ def evaluate(config, workdir: str | epath.Path, step: int | None = None) -> dict
   metrics.jsonl."""
   exp = experiment.build(config)
   restored_step, variables = restore_variables(exp, workdir, step)
+  storage.check_writable(workdir)  # before the work: the results are appended to metrics.jsonl
   evaluator = Evaluator(exp)
   results = evaluator.run(variables)
   writer = reporting.MetricWriter(workdir)

@@ -7,9 +7,14 @@ Config values are overridden on the command line, e.g. --config.train.steps=100 
 A model is a backbone and named heads, the loss named weighted terms, each with its own settings:
 --config.model.backbone.depth=50 --config.model.heads.decode_head.channels=256 --config.loss.terms.aux.weight=0.2
 Run the same command on every host of a multi-host slice.
+
+Exit codes: 0 done; 1 a failure mid-run (bad data, a checkpoint that does not fit, a non-finite loss, a write that
+failed for lack of space or permission); 2 refused before any work (bad flags or config, a workdir or output
+folder that cannot be written, a workdir another trainer holds: see --force_unlock).
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -32,6 +37,9 @@ _LABEL_FORMAT = flags.DEFINE_enum('label_format', 'palette', ['palette', 'citysc
                                   'With --mode predict: <stem>.png as a palette PNG of class ids with the dataset '
                                   'colours, or as Cityscapes labelIds (the test server format; Cityscapes only).')
 _PREDICT_FLAGS = ('input', 'output', 'label_format')
+_FORCE_UNLOCK = flags.DEFINE_bool('force_unlock', False, 'With --mode train: take <workdir>/trainer.lock even '
+                                  'when it names a trainer that looks alive (use only when that run is known '
+                                  'dead; a lock without heartbeat for 10 minutes is taken over anyway).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0 '
                                    '(auto-detected on Cloud TPU VMs and SLURM).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
@@ -68,6 +76,8 @@ def main(argv: list[str]) -> None:
   config = _CONFIG.value
   if config is None:
     _fail('--config is required, e.g. --config configs/demo.py')
+  if _FORCE_UNLOCK.value and _MODE.value != 'train':
+    _fail('--force_unlock only applies to --mode train')
   if _MODE.value != 'predict':
     given = [f'--{name}' for name in _PREDICT_FLAGS if flags.FLAGS[name].present]
     if given:
@@ -77,7 +87,7 @@ def main(argv: list[str]) -> None:
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, grain) drown the progress lines
   # Imported after flag parsing so that `--help` and flag errors are instant.
-  from ctxseg_jax import config as config_lib, experiment, parallel
+  from ctxseg_jax import config as config_lib, experiment, parallel, storage
   from ctxseg_jax.checkpoints import CheckpointMismatchError
   from ctxseg_jax.data.datasets.base import DataError
   from ctxseg_jax.progress import NonFiniteLossError
@@ -91,7 +101,7 @@ def main(argv: list[str]) -> None:
     experiment.validate_config(config)
     if _MODE.value == 'train':
       from ctxseg_jax import train
-      train.train(config, workdir)
+      train.train(config, workdir, force_unlock=_FORCE_UNLOCK.value)
     elif _MODE.value == 'eval':
       from ctxseg_jax import evaluate
       evaluate.evaluate(config, workdir, step=_STEP.value)
@@ -106,11 +116,27 @@ def main(argv: list[str]) -> None:
       from ctxseg_jax import check_data
       if check_data.check_data(config):
         sys.exit(1)
-  except config_lib.ConfigError as e:
+  except (config_lib.ConfigError, storage.WorkdirError) as e:
     _fail(str(e))
+  except storage.WriteError as e:
+    _exit_now(f'Error: {e}')
+  except OSError as e:
+    os_error = storage.write_os_error(e)
+    if os_error is None:
+      raise
+    _exit_now(f'Error: cannot write {os_error.filename or workdir}: {storage.describe(os_error)}')
   except (DataError, FileNotFoundError, CheckpointMismatchError, NonFiniteLossError) as e:
     print(f'Error: {e}', file=sys.stderr)
     sys.exit(1)
+
+
+def _exit_now(message: str) -> None:
+  """Prints `message` and exits 1 at once: after a failed write, background checkpoint threads still running would
+  print tracebacks at interpreter shutdown (the run's own cleanup, lock release included, has run)."""
+  print(message, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)
 
 
 if __name__ == '__main__':

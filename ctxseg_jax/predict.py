@@ -49,7 +49,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from PIL import Image, ImageDraw, ImageFont
 
-from ctxseg_jax import evaluate, experiment, metrics, parallel, reporting
+from ctxseg_jax import evaluate, experiment, metrics, parallel, reporting, storage
 from ctxseg_jax.checkpoints import checkpoint_dir
 from ctxseg_jax.config import ConfigError
 from ctxseg_jax.data import datasets, pipeline
@@ -425,7 +425,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str | epath.Path, output
   _check_names(names, stems, labelled, out)
 
   restored_step, variables = evaluate.restore_variables(exp, workdir, step)
-  out.mkdir(parents=True, exist_ok=True)
+  storage.check_writable(out, 'output folder')  # creates it
   _check_manifest(out, {'checkpoints': str(checkpoint_dir(workdir)), 'step': restored_step,
                         'label_format': label_format, 'config': config.name})
   table = _PerImageCsv(out / CSV_FILE, info.class_names, stems) if labelled else None

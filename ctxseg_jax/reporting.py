@@ -9,7 +9,10 @@ import math
 import time
 
 import jax
+from absl import logging
 from etils import epath
+
+from ctxseg_jax import storage
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -21,26 +24,49 @@ def console(message: str) -> None:
 
 
 def read_metrics(workdir: str | epath.Path) -> list[dict]:
-  """All records of <workdir>/metrics.jsonl (empty when the file does not exist)."""
+  """All records of <workdir>/metrics.jsonl (empty when the file does not exist).
+
+  A line that is not a whole JSON record (the last line of a run killed mid-write) is left out with a warning.
+  """
   path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records, bad = [], []
+  lines = path.read_text().splitlines()
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except ValueError:
+      record = None
+    if isinstance(record, dict) and 'step' in record:
+      records.append(record)
+    else:
+      bad.append(number)
+  if bad:
+    what = ('a truncated last line' if bad == [len(lines)] else f'line(s) {", ".join(map(str, bad))} (not whole '
+            'JSON records)')
+    logging.warning('%s: ignoring %s, probably written by a run killed mid-write', path, what)
+  return records
 
 
 class MetricWriter:
   """Writes scalars to TensorBoard (<workdir>/tensorboard/<split>) and appends them to metrics.jsonl.
 
   On resume, `resume_step` drops the records after that step (they belong to steps that will run again), so
-  the file reads as one uninterrupted run; TensorBoard purges those events the same way.
+  the file reads as one uninterrupted run; TensorBoard purges those events the same way. The trimmed file is
+  written atomically (a temporary file renamed over it). With `fresh_start` (training from step 0), records of an
+  earlier run are not appended to: that file is kept beside it as metrics.<time>.jsonl, and TensorBoard hides
+  that run's events.
 
   Object stores (gs://) cannot append: there (`rewrite`, by default for any scheme://) the file is rewritten with
   the new records at most every `rewrite_every_s` seconds, on every eval record, and on close, not on every train
   record.
   """
 
-  def __init__(self, workdir: str | epath.Path, *, resume_step: int | None = None, rewrite: bool | None = None,
-               rewrite_every_s: float = 60.0):
+  def __init__(self, workdir: str | epath.Path, *, resume_step: int | None = None, fresh_start: bool = False,
+               rewrite: bool | None = None, rewrite_every_s: float = 60.0):
     self._enabled = jax.process_index() == 0
     self._path = epath.Path(workdir) / METRICS_FILE
     self._tensorboard = {}
@@ -52,7 +78,16 @@ class MetricWriter:
     self._purge_step = None if resume_step is None else resume_step + 1  # TensorBoard hides steps >= this
     if self._enabled and resume_step is not None and self._path.exists():
       kept = [r for r in read_metrics(workdir) if r['step'] <= resume_step]
-      self._path.write_text(''.join(json.dumps(r) + '\n' for r in kept))
+      storage.write_atomic(self._path, ''.join(json.dumps(r) + '\n' for r in kept))
+    elif self._enabled and fresh_start and self._path.exists():
+      if read_metrics(workdir):
+        kept = self._path.parent / f'metrics.{time.strftime("%Y%m%d-%H%M%S")}.jsonl'
+        self._path.rename(kept)
+        console(f'{self._path} held records of an earlier run without a checkpoint: kept as {kept}; starting '
+                'a new one.')
+        self._purge_step = 0
+      else:
+        self._path.unlink()
 
   def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
     if not self._enabled:
@@ -74,11 +109,17 @@ class MetricWriter:
     lines = ''.join(self._unwritten)
     if self._rewrite:
       previous = self._path.read_text() if self._path.exists() else ''
-      self._path.write_text(previous + lines)
+      if previous and not previous.endswith('\n'):
+        previous += '\n'  # a line cut short by a killed run stays a line of its own
+      storage.write_atomic(self._path, previous + lines)
     else:
       self._path.parent.mkdir(parents=True, exist_ok=True)
-      with self._path.open('a') as f:
-        f.write(lines)
+      with open(self._path, 'a+b') as f:  # local: appending is what `rewrite` avoids elsewhere
+        if f.tell() > 0:
+          f.seek(-1, 2)
+          if f.read(1) != b'\n':
+            lines = '\n' + lines  # a line cut short by a killed run stays a line of its own
+        f.write(lines.encode())
     self._unwritten, self._last_flush = [], time.monotonic()
 
   def _tensorboard_writer(self, split: str):

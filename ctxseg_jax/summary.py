@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
-from ctxseg_jax import experiment, reporting
+from ctxseg_jax import experiment, reporting, storage
 
 
 def count_params(tree: Any) -> int:
@@ -43,6 +43,8 @@ def summarize(config: ml_collections.ConfigDict, workdir: str | epath.Path | Non
   config.eval.mode) for one image of config.data.eval_size.
   Writes <workdir>/summary.json when workdir is given.
   """
+  if workdir is not None:
+    storage.check_writable(workdir)
   exp = experiment.build(config, jax.devices()[:1])  # one image: one device
   eval_image = jax.ShapeDtypeStruct((1, *config.data.eval_size, 3), jnp.uint8)
   train_vars, infer_vars = abstract_variables(exp.model, config)

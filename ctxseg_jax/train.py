@@ -1,6 +1,7 @@
 """train(config, workdir): restore-or-init, then the jitted step in a loop with logging, eval and checkpoints.
 
-Resuming is exact: the train state, the data iterator position and the step come back from the latest checkpoint,
+One trainer per workdir: process 0 holds <workdir>/trainer.lock while it runs (storage.TrainerLock), released on
+return, exception and SIGTERM. Resuming is exact: the train state, the data iterator position and the step come back from the latest checkpoint,
 and the dropout key of step t is fold_in(key(seed), t), so an interrupted run ends where an uninterrupted one does.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from ctxseg_jax import experiment, optim, parallel, reporting
+from ctxseg_jax import experiment, optim, parallel, reporting, storage
 from ctxseg_jax.checkpoints import Checkpointer
 from ctxseg_jax.config import ConfigError
 from ctxseg_jax.data import datasets, pipeline
@@ -46,8 +47,18 @@ class _Preemption:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
-          devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
-  """Trains to config.train.steps (or until SIGTERM) and returns the last eval metrics ({} if preempted)."""
+          devices: Sequence[jax.Device] | None = None, *, force_unlock: bool = False) -> dict[str, float]:
+  """Trains to config.train.steps (or until SIGTERM) and returns the last eval metrics ({} if preempted).
+
+  Refuses (storage.WorkdirError) a workdir it cannot write or one another trainer holds (see storage.TrainerLock;
+  `force_unlock` takes the lock anyway)."""
+  storage.check_writable(workdir)
+  with storage.TrainerLock(workdir, force=force_unlock), _Preemption() as preemption:
+    return _train(config, workdir, devices, preemption)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices: Sequence[jax.Device] | None,
+           preemption: _Preemption) -> dict[str, float]:
   exp = experiment.build(config, devices)
   mesh, total_steps = exp.mesh, config.train.steps
   per_process_batch = parallel.per_process_batch_size(config.train.batch_size, mesh, 'train.batch_size')
@@ -62,7 +73,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
     reporting.console(f'Resumed from step {start_step} ({checkpointer.directory})')
   else:
     start_step, state = 0, exp.init_state()
-  writer = reporting.MetricWriter(workdir, resume_step=start_step if start_step else None)
+  writer = reporting.MetricWriter(workdir, resume_step=start_step if start_step else None,
+                                  fresh_start=not start_step)
   reporting.console(f'{config.name}: {exp.info.name} ({len(train_source)} train images, '
                     f'{exp.info.num_classes} classes), '
                     f'{sum(x.size for x in jax.tree.leaves(state.params)):,} parameters, {mesh.devices.size} '
@@ -83,51 +95,52 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
     reporting.console(f'Already trained to step {start_step}; evaluate it with --mode eval.')
   step = last_saved = start_step
   try:
-    with _Preemption() as preemption:
-      while step < total_steps:
-        if preemption.reached(checkpointer, step):
-          progress.fetch()
-          if step != last_saved:
-            checkpointer.save(step, state, data_iter, config)
-          checkpointer.wait()
-          reporting.console(f'Preempted (SIGTERM): saved step {step} to {checkpointer.directory}; exiting.')
-          return {}
-        batch = parallel.to_global(next(data_iter), mesh)
-        if step == start_step:
-          compile_start = time.time()
-          state, step_metrics = exp.train_step(state, batch)
-          jax.block_until_ready(step_metrics)
-          reporting.console(f'Compiled and ran step {step + 1} in {time.time() - compile_start:.1f}s')
-          progress.restart_clock()
-        else:
-          state, step_metrics = exp.train_step(state, batch)
-        progress.add(step + 1, step_metrics, timed=step != start_step)
-        step += 1
+    while step < total_steps:
+      if preemption.reached(checkpointer, step):
+        progress.fetch()
+        if step != last_saved:
+          checkpointer.save(step, state, data_iter, config)
+        checkpointer.wait()
+        reporting.console(f'Preempted (SIGTERM): saved step {step} to {checkpointer.directory}; exiting.')
+        return {}
+      batch = parallel.to_global(next(data_iter), mesh)
+      if step == start_step:
+        compile_start = time.time()
+        state, step_metrics = exp.train_step(state, batch)
+        jax.block_until_ready(step_metrics)
+        reporting.console(f'Compiled and ran step {step + 1} in {time.time() - compile_start:.1f}s')
+        progress.restart_clock()
+      else:
+        state, step_metrics = exp.train_step(state, batch)
+      progress.add(step + 1, step_metrics, timed=step != start_step)
+      step += 1
 
-        is_last = step == total_steps
-        do_eval = is_last or (eval_every and step % eval_every == 0)
-        do_log = is_last or step % config.train.log_every == 0
-        do_save = do_eval or step % checkpoint_every == 0
-        if do_save:
-          progress.fetch()
-        if do_log:
-          means, images_per_s, eta = progress.summary(config.train.batch_size, total_steps - step)
-          lr = float(schedule(step - 1))
-          reporting.console(f'step {step}/{total_steps}  loss {means["loss"]:.4f}  lr {lr:.3g}  '
-                            f'{images_per_s:.1f} img/s  ETA {_duration(eta)}')
-          writer.write(step, 'train', {**means, 'lr': lr, 'images_per_s': images_per_s})
-        if do_eval:
-          results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
-          evaluator.report(step, results, writer)
-          progress.restart_clock()
-        if do_save:
-          checkpointer.save(step, state, data_iter, config, metrics={'miou': results['miou']} if do_eval else None)
-          last_saved = step
+      is_last = step == total_steps
+      do_eval = is_last or (eval_every and step % eval_every == 0)
+      do_log = is_last or step % config.train.log_every == 0
+      do_save = do_eval or step % checkpoint_every == 0
+      if do_save:
+        progress.fetch()
+      if do_log:
+        means, images_per_s, eta = progress.summary(config.train.batch_size, total_steps - step)
+        lr = float(schedule(step - 1))
+        reporting.console(f'step {step}/{total_steps}  loss {means["loss"]:.4f}  lr {lr:.3g}  '
+                          f'{images_per_s:.1f} img/s  ETA {_duration(eta)}')
+        writer.write(step, 'train', {**means, 'lr': lr, 'images_per_s': images_per_s})
+      if do_eval:
+        results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
+        evaluator.report(step, results, writer)
+        progress.restart_clock()
+      if do_save:
+        checkpointer.save(step, state, data_iter, config, metrics={'miou': results['miou']} if do_eval else None)
+        last_saved = step
   finally:
     pipeline.close(data_iter)
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
+    try:
+      checkpointer.wait()
+    finally:
+      checkpointer.close()
+      writer.close()
   return results
 
 

@@ -1,7 +1,7 @@
 """metrics.jsonl: records survive resume trimming, and object stores are not rewritten on every record."""
 from etils import epath
 
-from ctxseg_jax import reporting
+from ctxseg_jax import reporting, storage
 
 
 def test_records_are_appended_and_trimmed_on_resume(tmp_path):
@@ -18,14 +18,14 @@ def test_records_are_appended_and_trimmed_on_resume(tmp_path):
 
 def test_rewriting_stores_batch_train_records_and_flush_evals_and_close(tmp_path, monkeypatch):
   rewrites = []
-  original = epath.Path.write_text
+  original = storage.write_atomic
 
-  def counting_write_text(self, text, *args, **kwargs):
-    if self.name == reporting.METRICS_FILE:
-      rewrites.append(text.count('\n'))
-    return original(self, text, *args, **kwargs)
+  def counting_write_atomic(path, data):
+    if epath.Path(path).name == reporting.METRICS_FILE:
+      rewrites.append(data.count('\n'))
+    return original(path, data)
 
-  monkeypatch.setattr(type(epath.Path(tmp_path)), 'write_text', counting_write_text)
+  monkeypatch.setattr(storage, 'write_atomic', counting_write_atomic)
   writer = reporting.MetricWriter(tmp_path, rewrite=True, rewrite_every_s=3600)
   for step in range(1, 101):
     writer.write(step, 'train', {'loss': 1.0})

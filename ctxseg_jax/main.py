@@ -78,7 +78,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, grain) drown the progress lines
   # Imported after flag parsing so that `--help` and flag errors are instant.
   from ctxseg_jax import config as config_lib, experiment, parallel
-  from ctxseg_jax.checkpoints import CheckpointMismatchError
+  from ctxseg_jax.checkpoints import CheckpointDamagedError, CheckpointMismatchError
   from ctxseg_jax.data.datasets.base import DataError
   from ctxseg_jax.progress import NonFiniteLossError
 
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> None:
         sys.exit(1)
   except config_lib.ConfigError as e:
     _fail(str(e))
-  except (DataError, FileNotFoundError, CheckpointMismatchError, NonFiniteLossError) as e:
+  except (DataError, FileNotFoundError, CheckpointMismatchError, CheckpointDamagedError, NonFiniteLossError) as e:
     print(f'Error: {e}', file=sys.stderr)
     sys.exit(1)
 

@@ -54,11 +54,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
   train_source = datasets.build_source(config.data, config.data.train_split)
   data_iter = pipeline.train_iterator(train_source, config.data, per_process_batch, config.seed)
   evaluator = Evaluator(exp)
-  checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, damaged=config.train.damaged_checkpoints)
 
   if checkpointer.latest_step() is not None:
-    _check_resumable(checkpointer, config)
-    start_step, state = checkpointer.restore(exp.abstract_state(), data_iter)
+    start_step, state = checkpointer.restore(
+        exp.abstract_state(), data_iter, check_config=lambda step, saved: _check_resumable(checkpointer, saved, config))
     reporting.console(f'Resumed from step {start_step} ({checkpointer.directory})')
   else:
     start_step, state = 0, exp.init_state()
@@ -116,13 +116,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
           reporting.console(f'step {step}/{total_steps}  loss {means["loss"]:.4f}  lr {lr:.3g}  '
                             f'{images_per_s:.1f} img/s  ETA {_duration(eta)}')
           writer.write(step, 'train', {**means, 'lr': lr, 'images_per_s': images_per_s})
+        if do_save:  # before evaluating: an evaluation that fails does not cost this step's checkpoint
+          checkpointer.save(step, state, data_iter, config)
+          last_saved = step
         if do_eval:
           results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
+          checkpointer.record_metrics(step, {'miou': results['miou']})  # ranks the checkpoint for retention
           evaluator.report(step, results, writer)
           progress.restart_clock()
-        if do_save:
-          checkpointer.save(step, state, data_iter, config, metrics={'miou': results['miou']} if do_eval else None)
-          last_saved = step
   finally:
     pipeline.close(data_iter)
     checkpointer.wait()
@@ -131,10 +132,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
   return results
 
 
-def _check_resumable(checkpointer: Checkpointer, config: ml_collections.ConfigDict) -> None:
-  """What the saved optimizer and data-iterator states need of the config: the same LR groups (the optimizer state
-  is grouped by them) and, for grain's iterator state, the same number of worker processes."""
-  saved = checkpointer.saved_config(checkpointer.latest_step())
+def _check_resumable(checkpointer: Checkpointer, saved: dict, config: ml_collections.ConfigDict) -> None:
+  """What the saved optimizer and data-iterator states need of the config (`saved`: the checkpoint's config): the
+  same LR groups (the optimizer state is grouped by them) and, for grain's iterator state, the same number of worker
+  processes."""
   saved_data, saved_optim = saved.get('data', {}), saved.get('optim', {})
   where = f'the checkpoint in {checkpointer.directory}'
   if saved_data.get('loader', 'grain') != 'grain':

@@ -108,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 8_000          # 0: evaluate only at the end
   c.train.checkpoint_every = 2_000
   c.train.keep_checkpoints = 3        # the last N are kept, plus the best by eval mIoU
+  c.train.damaged_checkpoints = 'move'  # a checkpoint that cannot be restored when resuming: 'move' it to
+                                      # <workdir>/checkpoints_damaged/ and resume from the newest one that
+                                      # restores, or 'stop' with a message, leaving it in place (never deleted)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 16              # global
@@ -137,6 +140,7 @@ _CHOICES = {
     'eval.miou_convention': metrics.MIOU_CONVENTIONS,
     'eval.mode': inference.MODES,
     'eval.combine': inference.COMBINES,
+    'train.damaged_checkpoints': ('move', 'stop'),
 }
 _POSITIVE = ('train.steps', 'train.batch_size', 'train.log_every', 'train.checkpoint_every',
              'train.keep_checkpoints', 'eval.batch_size', 'eval.feature_samples', 'eval.feature_neighbours',

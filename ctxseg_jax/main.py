@@ -88,7 +88,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, grain) drown the progress lines
   # Imported after flag parsing so that `--help` and flag errors are instant.
   from ctxseg_jax import config as config_lib, experiment, parallel, storage
-  from ctxseg_jax.checkpoints import CheckpointMismatchError
+  from ctxseg_jax.checkpoints import CheckpointDamagedError, CheckpointMismatchError
   from ctxseg_jax.data.datasets.base import DataError
   from ctxseg_jax.progress import NonFiniteLossError
 
@@ -120,14 +120,14 @@ def main(argv: list[str]) -> None:
     _fail(str(e))
   except storage.WriteError as e:
     _exit_now(f'Error: {e}')
+  except (DataError, FileNotFoundError, CheckpointMismatchError, CheckpointDamagedError, NonFiniteLossError) as e:
+    print(f'Error: {e}', file=sys.stderr)
+    sys.exit(1)
   except OSError as e:
     os_error = storage.write_os_error(e)
     if os_error is None:
       raise
     _exit_now(f'Error: cannot write {os_error.filename or workdir}: {storage.describe(os_error)}')
-  except (DataError, FileNotFoundError, CheckpointMismatchError, NonFiniteLossError) as e:
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(1)
 
 
 def _exit_now(message: str) -> None:

@@ -1,8 +1,9 @@
 """train(config, workdir): restore-or-init, then the jitted step in a loop with logging, eval and checkpoints.
 
 One trainer per workdir: process 0 holds <workdir>/trainer.lock while it runs (storage.TrainerLock), released on
-return, exception and SIGTERM. Resuming is exact: the train state, the data iterator position and the step come back from the latest checkpoint,
-and the dropout key of step t is fold_in(key(seed), t), so an interrupted run ends where an uninterrupted one does.
+return, exception and SIGTERM. Resuming is exact: the train state, the data iterator position and the step come
+back from the latest checkpoint that restores, and the dropout key of step t is fold_in(key(seed), t), so an
+interrupted run ends where an uninterrupted one does.
 """
 from __future__ import annotations
 
@@ -65,11 +66,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
   train_source = datasets.build_source(config.data, config.data.train_split)
   data_iter = pipeline.train_iterator(train_source, config.data, per_process_batch, config.seed)
   evaluator = Evaluator(exp)
-  checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
+  checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, damaged=config.train.damaged_checkpoints)
 
   if checkpointer.latest_step() is not None:
-    _check_resumable(checkpointer, config)
-    start_step, state = checkpointer.restore(exp.abstract_state(), data_iter)
+    start_step, state = checkpointer.restore(
+        exp.abstract_state(), data_iter, check_config=lambda step, saved: _check_resumable(checkpointer, saved, config))
     reporting.console(f'Resumed from step {start_step} ({checkpointer.directory})')
   else:
     start_step, state = 0, exp.init_state()
@@ -127,13 +128,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
         reporting.console(f'step {step}/{total_steps}  loss {means["loss"]:.4f}  lr {lr:.3g}  '
                           f'{images_per_s:.1f} img/s  ETA {_duration(eta)}')
         writer.write(step, 'train', {**means, 'lr': lr, 'images_per_s': images_per_s})
+      if do_save:  # before evaluating: an evaluation that fails does not cost this step's checkpoint
+        checkpointer.save(step, state, data_iter, config)
+        last_saved = step
       if do_eval:
         results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
+        checkpointer.record_metrics(step, {'miou': results['miou']})  # ranks the checkpoint for retention
         evaluator.report(step, results, writer)
         progress.restart_clock()
-      if do_save:
-        checkpointer.save(step, state, data_iter, config, metrics={'miou': results['miou']} if do_eval else None)
-        last_saved = step
   finally:
     pipeline.close(data_iter)
     try:
@@ -144,10 +146,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
   return results
 
 
-def _check_resumable(checkpointer: Checkpointer, config: ml_collections.ConfigDict) -> None:
-  """What the saved optimizer and data-iterator states need of the config: the same LR groups (the optimizer state
-  is grouped by them) and, for grain's iterator state, the same number of worker processes."""
-  saved = checkpointer.saved_config(checkpointer.latest_step())
+def _check_resumable(checkpointer: Checkpointer, saved: dict, config: ml_collections.ConfigDict) -> None:
+  """What the saved optimizer and data-iterator states need of the config (`saved`: the checkpoint's config): the
+  same LR groups (the optimizer state is grouped by them) and, for grain's iterator state, the same number of worker
+  processes."""
   saved_data, saved_optim = saved.get('data', {}), saved.get('optim', {})
   where = f'the checkpoint in {checkpointer.directory}'
   if saved_data.get('loader', 'grain') != 'grain':

@@ -5,7 +5,9 @@ and the dropout key of step t is fold_in(key(seed), t), so an interrupted run en
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import signal
 import threading
 import time
@@ -16,7 +18,7 @@ import ml_collections
 from etils import epath
 
 from ctxseg_jax import experiment, optim, parallel, reporting
-from ctxseg_jax.checkpoints import Checkpointer
+from ctxseg_jax.checkpoints import DATA_STREAM_KEY, Checkpointer
 from ctxseg_jax.config import ConfigError
 from ctxseg_jax.data import datasets, pipeline
 from ctxseg_jax.evaluate import Evaluator
@@ -24,20 +26,37 @@ from ctxseg_jax.progress import ProgressWindow
 
 
 class _Preemption:
-  """Notices SIGTERM (a preempted TPU VM) so the loop can save at the current step and exit cleanly."""
+  """Notices SIGTERM (a preempted TPU VM; systemd or SLURM stopping the job) and, on a single process, Ctrl-C
+  (SIGINT), so the loop saves at the next step boundary and exits cleanly. A second Ctrl-C stops at once
+  (KeyboardInterrupt), without saving. Data worker processes ignore both signals (pipeline._init_worker): when the
+  whole process group is signalled, they keep serving batches until the trainer has saved and stops them."""
 
   def __init__(self):
     self.requested = threading.Event()
-    self._previous = None
+    self.signal_name = None
+    self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+      # Several processes must agree on the step to save, which only SIGTERM's coordination service provides.
+      signals = (signal.SIGTERM,) + ((signal.SIGINT,) if jax.process_count() == 1 else ())
+      for signum in signals:
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
+  def _handle(self, signum, frame):
+    del frame
+    if signum == signal.SIGINT and self.requested.is_set() and self.signal_name == 'SIGINT':
+      raise KeyboardInterrupt
+    if self.signal_name is None:
+      self.signal_name = signal.Signals(signum).name
+    self.requested.set()
+    if signum == signal.SIGINT:  # os.write: print() may be running in the interrupted code
+      os.write(2, b'\nCtrl-C: saving at the end of this step (press Ctrl-C again to stop without saving)\n')
+
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
   def reached(self, checkpointer: Checkpointer, step: int) -> bool:
     if jax.process_count() > 1:  # every host must agree on the step: use the coordination service
@@ -47,7 +66,14 @@ class _Preemption:
 
 def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
           devices: Sequence[jax.Device] | None = None) -> dict[str, float]:
-  """Trains to config.train.steps (or until SIGTERM) and returns the last eval metrics ({} if preempted)."""
+  """Trains to config.train.steps (or until SIGTERM or Ctrl-C) and returns the last eval metrics ({} if stopped
+  early, after saving the current step)."""
+  with _Preemption() as preemption:  # from the start: a signal while compiling saves (or stops) at step one
+    return _train(config, workdir, devices, preemption)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices: Sequence[jax.Device] | None,
+           preemption: _Preemption) -> dict[str, float]:
   exp = experiment.build(config, devices)
   mesh, total_steps = exp.mesh, config.train.steps
   per_process_batch = parallel.per_process_batch_size(config.train.batch_size, mesh, 'train.batch_size')
@@ -56,8 +82,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
   evaluator = Evaluator(exp)
   checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints)
 
+  data_stream = {'train_samples': len(train_source), 'process_count': jax.process_count()}
   if checkpointer.latest_step() is not None:
-    _check_resumable(checkpointer, config)
+    _check_resumable(checkpointer, config, data_stream)
     start_step, state = checkpointer.restore(exp.abstract_state(), data_iter)
     reporting.console(f'Resumed from step {start_step} ({checkpointer.directory})')
   else:
@@ -83,46 +110,52 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
     reporting.console(f'Already trained to step {start_step}; evaluate it with --mode eval.')
   step = last_saved = start_step
   try:
-    with _Preemption() as preemption:
-      while step < total_steps:
-        if preemption.reached(checkpointer, step):
-          progress.fetch()
-          if step != last_saved:
-            checkpointer.save(step, state, data_iter, config)
-          checkpointer.wait()
-          reporting.console(f'Preempted (SIGTERM): saved step {step} to {checkpointer.directory}; exiting.')
-          return {}
-        batch = parallel.to_global(next(data_iter), mesh)
-        if step == start_step:
-          compile_start = time.time()
-          state, step_metrics = exp.train_step(state, batch)
-          jax.block_until_ready(step_metrics)
-          reporting.console(f'Compiled and ran step {step + 1} in {time.time() - compile_start:.1f}s')
-          progress.restart_clock()
+    while step < total_steps:
+      if preemption.reached(checkpointer, step):
+        progress.fetch()
+        if step != last_saved:
+          checkpointer.save(step, state, data_iter, config, data_stream=data_stream)
+        checkpointer.wait()
+        name = preemption.signal_name or 'SIGTERM'
+        what = 'Interrupted' if name == 'SIGINT' else 'Preempted'
+        if checkpointer.latest_step() is None:
+          reporting.console(f'{what} ({name}) before the first step; nothing to save; exiting.')
         else:
-          state, step_metrics = exp.train_step(state, batch)
-        progress.add(step + 1, step_metrics, timed=step != start_step)
-        step += 1
+          reporting.console(f'{what} ({name}): saved step {step} to {checkpointer.directory}; exiting. Run the '
+                            'same command to resume.')
+        return {}
+      batch = parallel.to_global(next(data_iter), mesh)
+      if step == start_step:
+        compile_start = time.time()
+        state, step_metrics = exp.train_step(state, batch)
+        jax.block_until_ready(step_metrics)
+        reporting.console(f'Compiled and ran step {step + 1} in {time.time() - compile_start:.1f}s')
+        progress.restart_clock()
+      else:
+        state, step_metrics = exp.train_step(state, batch)
+      progress.add(step + 1, step_metrics, timed=step != start_step)
+      step += 1
 
-        is_last = step == total_steps
-        do_eval = is_last or (eval_every and step % eval_every == 0)
-        do_log = is_last or step % config.train.log_every == 0
-        do_save = do_eval or step % checkpoint_every == 0
-        if do_save:
-          progress.fetch()
-        if do_log:
-          means, images_per_s, eta = progress.summary(config.train.batch_size, total_steps - step)
-          lr = float(schedule(step - 1))
-          reporting.console(f'step {step}/{total_steps}  loss {means["loss"]:.4f}  lr {lr:.3g}  '
-                            f'{images_per_s:.1f} img/s  ETA {_duration(eta)}')
-          writer.write(step, 'train', {**means, 'lr': lr, 'images_per_s': images_per_s})
-        if do_eval:
-          results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
-          evaluator.report(step, results, writer)
-          progress.restart_clock()
-        if do_save:
-          checkpointer.save(step, state, data_iter, config, metrics={'miou': results['miou']} if do_eval else None)
-          last_saved = step
+      is_last = step == total_steps
+      do_eval = is_last or (eval_every and step % eval_every == 0)
+      do_log = is_last or step % config.train.log_every == 0
+      do_save = do_eval or step % checkpoint_every == 0
+      if do_save:
+        progress.fetch()
+      if do_log:
+        means, images_per_s, eta = progress.summary(config.train.batch_size, total_steps - step)
+        lr = float(schedule(step - 1))
+        reporting.console(f'step {step}/{total_steps}  loss {means["loss"]:.4f}  lr {lr:.3g}  '
+                          f'{images_per_s:.1f} img/s  ETA {_duration(eta)}')
+        writer.write(step, 'train', {**means, 'lr': lr, 'images_per_s': images_per_s})
+      if do_eval:
+        results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
+        evaluator.report(step, results, writer)
+        progress.restart_clock()
+      if do_save:
+        checkpointer.save(step, state, data_iter, config, metrics={'miou': results['miou']} if do_eval else None,
+                          data_stream=data_stream)
+        last_saved = step
   finally:
     pipeline.close(data_iter)
     checkpointer.wait()
@@ -131,9 +164,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
   return results
 
 
-def _check_resumable(checkpointer: Checkpointer, config: ml_collections.ConfigDict) -> None:
-  """What the saved optimizer and data-iterator states need of the config: the same LR groups (the optimizer state
-  is grouped by them) and, for grain's iterator state, the same number of worker processes."""
+# Keys whose change would make the saved data iterator position or the step mean something else: the stream's
+# order and augmentation draws (seed), the samples one step takes (global batch), grain's iterator state (worker
+# processes), and which samples the stream holds.
+_RESUME_KEYS = ('seed', 'train.batch_size', 'data.worker_count', 'data.name', 'data.train_split')
+_SYNTHETIC_RESUME_KEYS = ('data.synthetic.num_train', 'data.synthetic.image_size', 'data.synthetic.seed')
+
+
+def _check_resumable(checkpointer: Checkpointer, config: ml_collections.ConfigDict,
+                     data_stream: dict[str, int]) -> None:
+  """Refuses (ConfigError, one line) a resume whose config or dataset differs from the checkpoint's in what the
+  saved optimizer and data-iterator states depend on: the LR groups (the optimizer state is grouped by them), and
+  every setting that changes the data stream or what a step is (_RESUME_KEYS, the split's size, the number of
+  processes), naming each with its saved and its new value."""
   saved = checkpointer.saved_config(checkpointer.latest_step())
   saved_data, saved_optim = saved.get('data', {}), saved.get('optim', {})
   where = f'the checkpoint in {checkpointer.directory}'
@@ -147,10 +190,35 @@ def _check_resumable(checkpointer: Checkpointer, config: ml_collections.ConfigDi
   if saved_mults != [list(entry) for entry in config.optim.lr_mults]:
     raise ConfigError(f'{where} was written with config.optim.lr_mults={saved_mults}; the optimizer state is grouped '
                       f'by them: resume with --config.optim.lr_mults="{tuple(map(tuple, saved_mults))}"')
-  saved_workers = saved_data.get('worker_count')
-  if saved_workers is not None and saved_workers != config.data.worker_count:
-    raise ConfigError(f'{where} was written with config.data.worker_count={saved_workers}; resume with '
-                      f'--config.data.worker_count={saved_workers} (the data iterator state depends on it)')
+  keys = _RESUME_KEYS + (_SYNTHETIC_RESUME_KEYS if config.data.name == 'synthetic_context' else ())
+  changed, fixes = [], []
+  for key in keys:
+    saved_value, missing = saved, False
+    for part in key.split('.'):
+      if not isinstance(saved_value, dict) or part not in saved_value:
+        missing = True  # a checkpoint from before the key existed
+        break
+      saved_value = saved_value[part]
+    new_value = json.loads(json.dumps(_get(config, key)))
+    if not missing and saved_value != new_value:
+      changed.append(f'config.{key} was {saved_value!r}, now {new_value!r}')
+      fixes.append(f'--config.{key}={saved_value}')
+  saved_stream = saved.get(DATA_STREAM_KEY, {})
+  if 'train_samples' in saved_stream and saved_stream['train_samples'] != data_stream['train_samples']:
+    changed.append(f'the size of the {config.data.train_split!r} split was {saved_stream["train_samples"]} samples, '
+                   f'now {data_stream["train_samples"]}')
+  if 'process_count' in saved_stream and saved_stream['process_count'] != data_stream['process_count']:
+    changed.append(f'the number of processes was {saved_stream["process_count"]}, now {data_stream["process_count"]}')
+  if changed:
+    fix = f'resume with {" ".join(fixes)}' if len(fixes) == len(changed) else 'resume with the same data and settings'
+    raise ConfigError(f'cannot resume from {where}: {"; ".join(changed)} (the saved data iterator position and '
+                      f'step depend on it); {fix}, or train in a new workdir')
+
+
+def _get(config: ml_collections.ConfigDict, key: str):
+  for part in key.split('.'):
+    config = config[part]
+  return config
 
 
 def _duration(seconds: float) -> str:

@@ -34,6 +34,7 @@ from ctxseg_jax import reporting, storage
 STATE, DATA_ITER, CONFIG = 'state', 'data_iter', 'config'
 METRICS_FILE = 'checkpoint_metrics.json'
 DAMAGED_DIR = 'checkpoints_damaged'
+DATA_STREAM_KEY = '_data_stream'  # in the saved config: see Checkpointer.save
 
 
 class CheckpointMismatchError(ValueError):
@@ -110,10 +111,18 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None,
-           config: ml_collections.ConfigDict, metrics: dict[str, float] | None = None) -> None:
+           config: ml_collections.ConfigDict, metrics: dict[str, float] | None = None,
+           data_stream: dict[str, Any] | None = None) -> None:
     """Starts an asynchronous save of `step` (returns once device buffers are copied). `metrics`, or those
-    recorded later with `record_metrics`, rank it for the best-checkpoint retention."""
-    items = {STATE: ocp.args.PyTreeSave(state), CONFIG: ocp.args.JsonSave(json.loads(config.to_json_best_effort()))}
+    recorded later with `record_metrics`, rank it for the best-checkpoint retention.
+
+    `data_stream` (what the data iterator's position means beyond the config, e.g. the split's size) is saved
+    in the 'config' item under DATA_STREAM_KEY.
+    """
+    saved_config = json.loads(config.to_json_best_effort())
+    if data_stream is not None:
+      saved_config[DATA_STREAM_KEY] = data_stream
+    items = {STATE: ocp.args.PyTreeSave(state), CONFIG: ocp.args.JsonSave(saved_config)}
     if data_iter is not None:
       items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
     self._recorded.pop(step, None)  # a step saved again (after a fallback) is ranked by its new metrics only

@@ -216,13 +216,18 @@ def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str]
       errors.append(f'config.{key}={value!r} must hold integers (pixels)')
   for key in ('data.mean', 'data.std'):
     value = get(config, key)
-    if not (isinstance(value, (tuple, list)) and len(value) == 3):
+    if not (isinstance(value, (tuple, list)) and len(value) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
       errors.append(f'config.{key}={value!r} must be three numbers (R, G, B)')
+    elif key == 'data.std' and not all(v > 0 for v in value):
+      errors.append(f'config.data.std={value!r} must be three positive numbers: images are divided by it')
   if config.optim.end_lr > config.optim.lr:
     errors.append(f'config.optim.end_lr={config.optim.end_lr} must not exceed config.optim.lr={config.optim.lr}')
   if config.optim.warmup_steps >= config.train.steps > 0:
     errors.append(f'config.optim.warmup_steps={config.optim.warmup_steps} must be < config.train.steps='
                   f'{config.train.steps}')
+  if len(errors) == 1:
+    raise ConfigError(f'Invalid config: {errors[0]}')
   if errors:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(errors))
 

@@ -7,7 +7,9 @@ interrupted run ends where an uninterrupted one does.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import signal
 import threading
 import time
@@ -18,7 +20,8 @@ import ml_collections
 from etils import epath
 
 from ctxseg_jax import experiment, optim, parallel, reporting, storage
-from ctxseg_jax.checkpoints import Checkpointer
+from ctxseg_jax.checkpoints import DATA_STREAM_KEY, Checkpointer
+from ctxseg_jax import config as config_lib
 from ctxseg_jax.config import ConfigError
 from ctxseg_jax.data import datasets, pipeline
 from ctxseg_jax.evaluate import Evaluator
@@ -26,20 +29,37 @@ from ctxseg_jax.progress import ProgressWindow
 
 
 class _Preemption:
-  """Notices SIGTERM (a preempted TPU VM) so the loop can save at the current step and exit cleanly."""
+  """Notices SIGTERM (a preempted TPU VM; systemd or SLURM stopping the job) and, on a single process, Ctrl-C
+  (SIGINT), so the loop saves at the next step boundary and exits cleanly. A second Ctrl-C stops at once
+  (KeyboardInterrupt), without saving. Data worker processes ignore both signals (pipeline._init_worker): when the
+  whole process group is signalled, they keep serving batches until the trainer has saved and stops them."""
 
   def __init__(self):
     self.requested = threading.Event()
-    self._previous = None
+    self.signal_name = None
+    self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.requested.set())
+      # Several processes must agree on the step to save, which only SIGTERM's coordination service provides.
+      signals = (signal.SIGTERM,) + ((signal.SIGINT,) if jax.process_count() == 1 else ())
+      for signum in signals:
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
+  def _handle(self, signum, frame):
+    del frame
+    if signum == signal.SIGINT and self.requested.is_set() and self.signal_name == 'SIGINT':
+      raise KeyboardInterrupt
+    if self.signal_name is None:
+      self.signal_name = signal.Signals(signum).name
+    self.requested.set()
+    if signum == signal.SIGINT:  # os.write: print() may be running in the interrupted code
+      os.write(2, b'\nCtrl-C: saving at the end of this step (press Ctrl-C again to stop without saving)\n')
+
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
   def reached(self, checkpointer: Checkpointer, step: int) -> bool:
     if jax.process_count() > 1:  # every host must agree on the step: use the coordination service
@@ -49,11 +69,13 @@ class _Preemption:
 
 def train(config: ml_collections.ConfigDict, workdir: str | epath.Path,
           devices: Sequence[jax.Device] | None = None, *, force_unlock: bool = False) -> dict[str, float]:
-  """Trains to config.train.steps (or until SIGTERM) and returns the last eval metrics ({} if preempted).
+  """Trains to config.train.steps (or until SIGTERM or Ctrl-C) and returns the last eval metrics ({} if stopped
+  early, after saving the current step).
 
   Refuses (storage.WorkdirError) a workdir it cannot write or one another trainer holds (see storage.TrainerLock;
   `force_unlock` takes the lock anyway)."""
   storage.check_writable(workdir)
+  # The signal handlers from the start: a signal while compiling saves (or stops) at step one.
   with storage.TrainerLock(workdir, force=force_unlock), _Preemption() as preemption:
     return _train(config, workdir, devices, preemption)
 
@@ -68,9 +90,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
   evaluator = Evaluator(exp)
   checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, damaged=config.train.damaged_checkpoints)
 
+  data_stream = {'train_samples': len(train_source), 'process_count': jax.process_count()}
   if checkpointer.latest_step() is not None:
     start_step, state = checkpointer.restore(
-        exp.abstract_state(), data_iter, check_config=lambda step, saved: _check_resumable(checkpointer, saved, config))
+        exp.abstract_state(), data_iter,
+        check_config=lambda step, saved: _check_resumable(checkpointer, saved, config, data_stream))
     reporting.console(f'Resumed from step {start_step} ({checkpointer.directory})')
   else:
     start_step, state = 0, exp.init_state()
@@ -100,9 +124,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
       if preemption.reached(checkpointer, step):
         progress.fetch()
         if step != last_saved:
-          checkpointer.save(step, state, data_iter, config)
+          checkpointer.save(step, state, data_iter, config, data_stream=data_stream)
         checkpointer.wait()
-        reporting.console(f'Preempted (SIGTERM): saved step {step} to {checkpointer.directory}; exiting.')
+        name = preemption.signal_name or 'SIGTERM'
+        what = 'Interrupted' if name == 'SIGINT' else 'Preempted'
+        if checkpointer.latest_step() is None:
+          reporting.console(f'{what} ({name}) before the first step; nothing to save; exiting.')
+        else:
+          reporting.console(f'{what} ({name}): saved step {step} to {checkpointer.directory}; exiting. Run the '
+                            'same command to resume.')
         return {}
       batch = parallel.to_global(next(data_iter), mesh)
       if step == start_step:
@@ -129,7 +159,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
                           f'{images_per_s:.1f} img/s  ETA {_duration(eta)}')
         writer.write(step, 'train', {**means, 'lr': lr, 'images_per_s': images_per_s})
       if do_save:  # before evaluating: an evaluation that fails does not cost this step's checkpoint
-        checkpointer.save(step, state, data_iter, config)
+        checkpointer.save(step, state, data_iter, config, data_stream=data_stream)
         last_saved = step
       if do_eval:
         results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
@@ -146,10 +176,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
   return results
 
 
-def _check_resumable(checkpointer: Checkpointer, saved: dict, config: ml_collections.ConfigDict) -> None:
-  """What the saved optimizer and data-iterator states need of the config (`saved`: the checkpoint's config): the
-  same LR groups (the optimizer state is grouped by them) and, for grain's iterator state, the same number of worker
-  processes."""
+# Keys whose change would make the saved data iterator position or the step mean something else: the stream's
+# order and augmentation draws (seed), the samples one step takes (global batch), grain's iterator state (worker
+# processes), and which samples the stream holds.
+_RESUME_KEYS = ('seed', 'train.batch_size', 'data.worker_count', 'data.name', 'data.train_split')
+_SYNTHETIC_RESUME_KEYS = ('data.synthetic.num_train', 'data.synthetic.image_size', 'data.synthetic.seed')
+
+
+def _check_resumable(checkpointer: Checkpointer, saved: dict, config: ml_collections.ConfigDict,
+                     data_stream: dict[str, int]) -> None:
+  """Refuses (ConfigError, one line) a resume whose config or dataset differs from the checkpoint's (`saved`: its
+  config) in what the saved optimizer and data-iterator states depend on: the LR groups (the optimizer state is
+  grouped by them), and every setting that changes the data stream or what a step is (_RESUME_KEYS, the split's
+  size, the number of processes), naming each with its saved and its new value."""
   saved_data, saved_optim = saved.get('data', {}), saved.get('optim', {})
   where = f'the checkpoint in {checkpointer.directory}'
   if saved_data.get('loader', 'grain') != 'grain':
@@ -162,10 +201,29 @@ def _check_resumable(checkpointer: Checkpointer, saved: dict, config: ml_collect
   if saved_mults != [list(entry) for entry in config.optim.lr_mults]:
     raise ConfigError(f'{where} was written with config.optim.lr_mults={saved_mults}; the optimizer state is grouped '
                       f'by them: resume with --config.optim.lr_mults="{tuple(map(tuple, saved_mults))}"')
-  saved_workers = saved_data.get('worker_count')
-  if saved_workers is not None and saved_workers != config.data.worker_count:
-    raise ConfigError(f'{where} was written with config.data.worker_count={saved_workers}; resume with '
-                      f'--config.data.worker_count={saved_workers} (the data iterator state depends on it)')
+  keys = _RESUME_KEYS + (_SYNTHETIC_RESUME_KEYS if config.data.name == 'synthetic_context' else ())
+  changed, fixes = [], []
+  for key in keys:
+    saved_value, missing = saved, False
+    for part in key.split('.'):
+      if not isinstance(saved_value, dict) or part not in saved_value:
+        missing = True  # a checkpoint from before the key existed
+        break
+      saved_value = saved_value[part]
+    new_value = json.loads(json.dumps(config_lib.get(config, key)))
+    if not missing and saved_value != new_value:
+      changed.append(f'config.{key} was {saved_value!r}, now {new_value!r}')
+      fixes.append(f'--config.{key}={saved_value}')
+  saved_stream = saved.get(DATA_STREAM_KEY, {})
+  if 'train_samples' in saved_stream and saved_stream['train_samples'] != data_stream['train_samples']:
+    changed.append(f'the size of the {config.data.train_split!r} split was {saved_stream["train_samples"]} samples, '
+                   f'now {data_stream["train_samples"]}')
+  if 'process_count' in saved_stream and saved_stream['process_count'] != data_stream['process_count']:
+    changed.append(f'the number of processes was {saved_stream["process_count"]}, now {data_stream["process_count"]}')
+  if changed:
+    fix = f'resume with {" ".join(fixes)}' if len(fixes) == len(changed) else 'resume with the same data and settings'
+    raise ConfigError(f'cannot resume from {where}: {"; ".join(changed)} (the saved data iterator position and '
+                      f'step depend on it); {fix}, or train in a new workdir')
 
 
 def _duration(seconds: float) -> str:

@@ -9,6 +9,12 @@ needs the worker count the state was saved with.
 """
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import os
+import signal
+import threading
+import time
 from typing import Iterator
 
 import grain
@@ -72,7 +78,54 @@ def _with_workers(dataset: grain.IterDataset, worker_count: int,
                        'absl.app.run (as python -m ctxseg_jax.main does), call absl.flags.FLAGS.mark_as_parsed() '
                        'once after your own flag parsing, or set config.data.worker_count=0')
   options = grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=worker_buffer_size)
-  return iter(dataset.mp_prefetch(options))
+  _kill_workers_at_exit()
+  return iter(dataset.mp_prefetch(options, worker_init_fn=_init_worker))
+
+
+_WORKER_NAME = 'grain-process-prefetch'  # grain's name for its worker processes
+_WORKER_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+  """Runs first in each worker process: SIGTERM and SIGINT are left to the trainer.
+
+  A preemption (systemd, SLURM, a TPU maintenance event) or Ctrl-C signals the whole process group. Workers that
+  died of it would take their prefetched batches (leaked shared memory) and, when the trainer is waiting for the
+  next batch, the run with them; instead the trainer saves at its next step boundary and then stops the workers
+  (pipeline.close). A worker exits by itself when the trainer is gone (e.g. killed with SIGKILL).
+  """
+  del worker_index, worker_count
+  for signum in _WORKER_SIGNALS:
+    signal.signal(signum, signal.SIG_IGN)
+  parent = os.getppid()
+
+  def exit_with_parent():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(0)  # pylint: disable=protected-access
+
+  threading.Thread(target=exit_with_parent, daemon=True, name='exit-with-parent').start()
+
+
+_exit_hook_registered = False
+
+
+def _kill_workers_at_exit() -> None:
+  """At interpreter exit, kills grain workers that no iterator closed: they ignore SIGTERM, which is how
+  multiprocessing stops daemon processes at exit (it would then wait for them forever). Registered after
+  multiprocessing's own exit hook, so it runs before it."""
+  global _exit_hook_registered
+  if _exit_hook_registered:
+    return
+
+  def kill_workers():
+    for process in multiprocessing.active_children():
+      if process.name.startswith(_WORKER_NAME):
+        process.kill()
+        process.join(timeout=5)
+
+  atexit.register(kill_workers)
+  _exit_hook_registered = True
 
 
 def train_iterator(source: SegmentationSource, data_config: ml_collections.ConfigDict, per_process_batch: int,

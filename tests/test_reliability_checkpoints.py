@@ -41,9 +41,16 @@ def _largest(pattern):
   return max(glob.glob(pattern), key=os.path.getsize)
 
 
-# Each damages checkpoint step 6 (the newest; step 3 is intact) of a copy of an uninterrupted 6-step run.
+def _remove_all(pattern):
+  for path in glob.glob(pattern):
+    os.remove(path)
+
+
+# Each damages checkpoint step 6 (the newest; step 3 is intact) of a copy of an uninterrupted 6-step run. The state's
+# data files are all deleted: which arrays any one of them holds depends on the order of orbax's asynchronous writes
+# (one may hold only optimizer state, which evaluation does not read).
 DAMAGE = {
-    'state_file_deleted': lambda ckpt: os.remove(_largest(f'{ckpt}/state/ocdbt.process_0/d/*')),
+    'state_file_deleted': lambda ckpt: _remove_all(f'{ckpt}/state/ocdbt.process_0/d/*'),
     'state_file_truncated': lambda ckpt: _truncate(_largest(f'{ckpt}/state/d/*')),
     'state_metadata_truncated': lambda ckpt: _truncate(f'{ckpt}/state/_METADATA'),
     'data_iter_deleted': lambda ckpt: shutil.rmtree(f'{ckpt}/data_iter'),

@@ -124,6 +124,14 @@ def base_config() -> ml_collections.ConfigDict:
                                       # of exp(logits), whole image at scales <= 1), 'pte' (PyTorch-Encoding: sum of
                                       # exp(logits + mirrored logits), windows padded, align_corners True)
   c.eval.windows_per_pass = 16        # windows (of all images of the batch) per forward pass: bounds memory
+  c.eval.masked_pooling = True        # global pooling (EncNet's Encoding layer, ASPP's image pooling, OCR's region
+                                      # gather) over each image's own region of a padded input, as the references
+                                      # running it at its own size do; False: over the padding too. (Where a
+                                      # reference pads, PyTorch-Encoding's windows, the padding is part of the input.)
+  c.eval.shape_bucket = 32            # single-scale whole-image evaluation: images of similar size are batched
+                                      # together and padded only to their batch's largest size rounded up to a
+                                      # multiple of this (one compiled program per such shape); 0: every image
+                                      # padded to data.eval_size (one shape)
   c.eval.align_corners = False        # corner convention of the logits' resizes (HRNet-OCR: True)
   c.eval.miou_convention = 'present'  # headline `miou`: 'present' (mean over classes present, mmseg) or
                                       # 'all' (mean over all classes, absent ones count 0: HRNet, PyTorch-Encoding)
@@ -147,7 +155,7 @@ _POSITIVE = ('train.steps', 'train.batch_size', 'train.log_every', 'train.checkp
              'eval.windows_per_pass',
              'data.base_size', 'data.synthetic.image_size',
              'data.synthetic.num_train', 'data.synthetic.num_val')
-_NON_NEGATIVE = ('data.ratio_step', 'train.eval_every', 'optim.lr', 'optim.weight_decay', 'optim.end_lr',
+_NON_NEGATIVE = ('data.ratio_step', 'eval.shape_bucket', 'train.eval_every', 'optim.lr', 'optim.weight_decay', 'optim.end_lr',
                  'optim.warmup_steps', 'data.worker_count', 'data.base_short_side')
 _UNIT_INTERVAL = ('optim.momentum', 'optim.warmup_ratio')
 

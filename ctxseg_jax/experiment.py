@@ -60,12 +60,17 @@ class Experiment:
   @functools.cached_property
   def predict_step(self) -> Callable[[dict, dict], jax.Array]:
     """Jitted (variables, global eval batch, labels not needed) -> int32 (B, Lh, Lw) predicted classes at each
-    image's original resolution, sharded on the batch (see steps.predict_step; (Lh, Lw) is
-    transforms.eval_label_size)."""
-    step = functools.partial(steps.predict_step, model=self.model, config=self.config,
-                             out_shape=transforms.eval_label_size(self.config.data))
-    return jax.jit(step, in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
-                   out_shardings=parallel.batch_sharded(self.mesh))
+    image's original resolution, sharded on the batch (see steps.predict_step; (Lh, Lw) is the batch's label
+    shape, or transforms.eval_label_size for a batch without labels)."""
+    step = jax.jit(functools.partial(steps.predict_step, model=self.model, config=self.config),
+                   in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
+                   out_shardings=parallel.batch_sharded(self.mesh), static_argnums=2)
+    default_shape = transforms.eval_label_size(self.config.data)
+
+    def predict(variables: dict, batch: dict) -> jax.Array:
+      out_shape = tuple(batch['label'].shape[1:3]) if 'label' in batch else default_shape
+      return step(variables, batch, out_shape)
+    return predict
 
   @functools.cached_property
   def image_confusion_step(self) -> Callable[[jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:

@@ -50,17 +50,23 @@ def predict_logits(variables: dict, images: jax.Array, *, model: Segmentor,
   return predict_logits_and_features(variables, images, model=model, config=config, features=False)[0]
 
 
+def pooling_region(image_size: jax.Array, config: ml_collections.ConfigDict) -> jax.Array | None:
+  """The valid_size a forward pass over padded images gets (Segmentor): each image's (h, w), int (B, 2), with
+  eval.masked_pooling, else None (global pooling over the padding too)."""
+  return image_size if config.eval.masked_pooling else None
+
+
 def predict_logits_and_features(variables: dict, images: jax.Array, *, model: Segmentor,
-                                config: ml_collections.ConfigDict,
-                                features: bool = True) -> tuple[jax.Array, jax.Array | None]:
+                                config: ml_collections.ConfigDict, features: bool = True,
+                                valid_size: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
   """`predict_logits`, and with `features` the whole images' features before the classifier, (B, h, w, C) at the
-  head's stride (segmentor.classifier_input), else None."""
+  head's stride (segmentor.classifier_input), else None. valid_size: see Segmentor."""
   inputs = normalize(images, config.data.mean, config.data.std)
   if features:
-    outputs, state = model.apply(variables, inputs, train=False, mutable=['intermediates'])
+    outputs, state = model.apply(variables, inputs, train=False, valid_size=valid_size, mutable=['intermediates'])
     recorded = classifier_input(model, state['intermediates'])
   else:
-    outputs, recorded = model.apply(variables, inputs, train=False), None
+    outputs, recorded = model.apply(variables, inputs, train=False, valid_size=valid_size), None
   return resize_bilinear(outputs['logits'], images.shape[1:3], config.eval.align_corners), recorded
 
 
@@ -106,10 +112,12 @@ def scores_at_original_size(variables: dict, batch: dict[str, jax.Array], out_sh
     sizes = batch['scale_sizes'][:, list(config.eval.scales).index(1.0)]
     shape = transforms.scale_canvas(config.data.eval_size, 1.0)
     images = scaled_images(batch['image'], batch['original_size'], sizes, shape, config)
-    _, recorded = predict_logits_and_features(variables, images, model=model, config=config)
+    _, recorded = predict_logits_and_features(variables, images, model=model, config=config,
+                                              valid_size=pooling_region(sizes, config))
     return scores, ClassifierFeatures(recorded, sizes, shape)
   logits, recorded = predict_logits_and_features(variables, batch['image'], model=model, config=config,
-                                                            features=features)
+                                                 features=features,
+                                                 valid_size=pooling_region(batch['image_size'], config))
   scores = logits_at_original_size(logits, batch['image_size'], batch['original_size'], out_shape, config)
   if not features:
     return scores, None
@@ -188,25 +196,29 @@ def window_scores(variables: dict, images: jax.Array, sizes: jax.Array, canvas: 
   padding = groups * per_pass - count
   starts = jnp.pad(starts, ((0, 0), (0, padding), (0, 0)))
   valid = jnp.pad(valid, ((0, 0), (0, padding)))
-  # Mirrored in place (flip_regions) over the part of the window inside the image: the image itself when it runs
-  # whole, the whole window otherwise.
-  flip_widths = jnp.clip(sizes[:, None, 1] - starts[..., 1], 1, crop[1]) if placement == 'shift' else \
-      jnp.full(valid.shape, crop[1])
+  # The part of each window inside the image, (B, n, 2): the image itself when it runs whole. 'shift' windows
+  # are mirrored in place over it (flip_regions) and, like the references' windows cut at the image's border,
+  # pool over it alone (eval.masked_pooling); 'pad' windows are whole crops of the padded image.
+  if placement == 'shift':
+    window_sizes = jnp.clip(sizes[:, None, :] - starts, 1, jnp.asarray(crop))
+  else:
+    window_sizes = jnp.broadcast_to(jnp.asarray(crop), starts.shape)
 
   def one_pass(total, group):
-    group_starts, group_valid, group_widths = group  # (B, k, 2), (B, k), (B, k)
+    group_starts, group_valid, group_sizes = group  # (B, k, 2), (B, k), (B, k, 2)
 
     def run(total):
       windows = sliding_window.gather_windows(images, group_starts, crop)  # (B, k, h, w, 3)
-      scores = _window_transform(variables, windows.reshape(-1, *crop, 3), group_widths.reshape(-1), model=model,
-                                 config=config)
+      valid_size = pooling_region(group_sizes.reshape(-1, 2), config) if placement == 'shift' else None
+      scores = _window_transform(variables, windows.reshape(-1, *crop, 3), group_sizes.reshape(-1, 2)[:, 1],
+                                 valid_size, model=model, config=config)
       scores = scores.reshape(*windows.shape[:2], *crop, -1)
       counted = jnp.concatenate([scores, jnp.ones_like(scores[..., :1])], axis=-1)
       return sliding_window.add_windows(total, counted, group_starts, group_valid)
 
     return jax.lax.cond(jnp.any(group_valid), run, lambda total: total, total), None
 
-  grouped = [x.reshape(batch, groups, per_pass, *x.shape[2:]).swapaxes(0, 1) for x in (starts, valid, flip_widths)]
+  grouped = [x.reshape(batch, groups, per_pass, *x.shape[2:]).swapaxes(0, 1) for x in (starts, valid, window_sizes)]
   num_classes = jax.eval_shape(lambda x: model.apply(variables, x, train=False)['logits'],
                                jax.ShapeDtypeStruct((1, *crop, 3), jnp.float32)).shape[-1]
   total = jnp.zeros((batch, *images.shape[1:3], num_classes + 1), jnp.float32)
@@ -215,16 +227,20 @@ def window_scores(variables: dict, images: jax.Array, sizes: jax.Array, canvas: 
   return jnp.where(counts > 0, total[..., :-1] / jnp.maximum(counts, 1), 0.0)
 
 
-def _window_transform(variables: dict, windows: jax.Array, flip_widths: jax.Array, *, model: Segmentor,
-                      config: ml_collections.ConfigDict) -> jax.Array:
+def _window_transform(variables: dict, windows: jax.Array, flip_widths: jax.Array, valid_size: jax.Array | None,
+                      *, model: Segmentor, config: ml_collections.ConfigDict) -> jax.Array:
   """(P, h, w, 3) normalised windows -> (P, h, w, K) scores: 'mmseg' the logits; 'hrnet' exp of the logits (with
   eval.flip, of the mean of the window's and its mirror's logits); 'pte' the same with the sum. Logits are resized
-  to the window bilinearly (align_corners: eval.align_corners, True for 'pte')."""
+  to the window bilinearly (align_corners: eval.align_corners, True for 'pte'). flip_widths int (P,): the width
+  each window is mirrored over; valid_size: see Segmentor (int (P, 2) or None)."""
   combine = config.eval.combine
   align_corners = True if combine == 'pte' else config.eval.align_corners
   flip = config.eval.flip and combine != 'mmseg'
   inputs = jnp.concatenate([windows, sliding_window.flip_regions(windows, flip_widths)]) if flip else windows
-  logits = resize_bilinear(model.apply(variables, inputs, train=False)['logits'], windows.shape[1:3], align_corners)
+  if flip and valid_size is not None:
+    valid_size = jnp.concatenate([valid_size, valid_size])
+  logits = resize_bilinear(model.apply(variables, inputs, train=False, valid_size=valid_size)['logits'],
+                           windows.shape[1:3], align_corners)
   if combine == 'mmseg':
     return logits
   if flip:

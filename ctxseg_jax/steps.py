@@ -64,8 +64,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   return new_state, {'loss': loss, **logs}
 
 
-def predict_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
-                 config: ml_collections.ConfigDict, out_shape: tuple[int, int]) -> jax.Array:
+def predict_step(variables: dict, batch: dict[str, jax.Array], out_shape: tuple[int, int], *, model: nn.Module,
+                 config: ml_collections.ConfigDict) -> jax.Array:
   """int32 (B, *out_shape) predicted classes of an eval batch (labels not needed), at each image's original
   resolution: the image's (h, w) = batch['original_size'] top-left region is its prediction, the rest padding."""
   scores, _ = inference.scores_at_original_size(variables, batch, out_shape, model=model, config=config)

@@ -23,31 +23,40 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from ctxseg_jax.data import transforms
+from ctxseg_jax.data import eval_plan, transforms
 from ctxseg_jax.data.datasets.base import SegmentationSource
 
 
-class PaddedEvalSource:
-  """Extends a source to `padded_length` samples; the extra ones carry only ignore labels (never scored). Each
-  sample gets its 'index' in the padded split.
+class PlannedEvalSource:
+  """A split in the positions of an eval_plan.EvalPlan: each sample gets its 'index' in the split and, with
+  bucketed shapes, the 'canvas' and 'label_canvas' of its batch (transforms.EvalPreprocess pads to them). Padding
+  positions hold a black image of the batch's last image's size with only ignore labels (never scored), and an
+  index >= the split's length.
 
-  Equal-sized shards keep every process stepping through the same number of static-shape eval batches.
+  Equal-sized shards keep every process stepping through the same number of batches, of the same shapes.
   """
 
-  def __init__(self, source: SegmentationSource, padded_length: int):
-    self.source, self.padded_length = source, padded_length
+  def __init__(self, source: SegmentationSource, plan: eval_plan.EvalPlan):
+    self.source, self.plan = source, plan
 
   def __len__(self) -> int:
-    return self.padded_length
+    return len(self.plan.order)
 
-  def __getitem__(self, index: int) -> dict:
+  def __getitem__(self, position: int) -> dict:
+    index = int(self.plan.order[position])
     if index < len(self.source):
-      return {**self.source[index], 'index': index}
-    sample = self.source[0]
-    padding = {'image': np.zeros_like(sample['image']), 'name': 'padding', 'index': index}
-    if 'label' in sample:
-      padding['label'] = np.full_like(sample['label'], transforms.IGNORE)
-    return padding
+      sample = {**self.source[index], 'index': index}
+    else:
+      batch_start = position - position % self.plan.global_batch
+      real = [int(i) for i in self.plan.order[batch_start:position] if i < len(self.source)]
+      sample = self.source[real[-1] if real else 0]
+      sample = {'image': np.zeros_like(sample['image']), 'name': 'padding', 'index': index,
+                **({'label': np.full_like(sample['label'], transforms.IGNORE)} if 'label' in sample else {})}
+    if self.plan.image_canvases is not None:
+      batch = position // self.plan.global_batch
+      sample['canvas'] = self.plan.image_canvases[batch]
+      sample['label_canvas'] = self.plan.label_canvases[batch]
+    return sample
 
 
 def _process_shard(dataset: grain.MapDataset, process_index: int | None,
@@ -161,16 +170,18 @@ def eval_batches(source: SegmentationSource, data_config: ml_collections.ConfigD
   {'image': uint8 (b, *eval_size, 3), 'label': uint8 (b, *label size) at original resolution, 'image_size':
   int32 (b, 2), 'original_size': int32 (b, 2), 'index': int32 (b,) in the split} (see transforms.EvalPreprocess;
   no 'label' for an unlabelled source). With `eval_config` (config.eval) of a protocol that resizes on device, the
-  images are the originals and 'scale_sizes' (b, S, 2) is added.
+  images are the originals and 'scale_sizes' (b, S, 2) is added. With eval.shape_bucket (single-scale whole-image
+  evaluation), images come in the order of eval_plan.bucketed_plan, and each batch's images and labels are padded
+  to its own canvases instead of eval_size and the label size.
   """
   count = jax.process_count() if process_count is None else process_count
-  num_batches = -(-len(source) // global_batch)
-  padded = grain.MapDataset.source(PaddedEvalSource(source, num_batches * global_batch))
+  plan = eval_plan.plan(source, data_config, global_batch, eval_config)
+  padded = grain.MapDataset.source(PlannedEvalSource(source, plan))
   dataset = (_process_shard(padded, process_index, count)
              .map(transforms.EvalPreprocess.from_config(data_config, eval_config))
              .batch(global_batch // count, drop_remainder=True).to_iter_dataset(_read_options(data_config)))
   workers = data_config.worker_count if worker_count is None else worker_count
-  return _closing(_with_workers(dataset, workers, data_config.worker_buffer_size)), num_batches
+  return _closing(_with_workers(dataset, workers, data_config.worker_buffer_size)), plan.num_batches
 
 
 def _closing(iterator: grain.DatasetIterator) -> Iterator[dict]:

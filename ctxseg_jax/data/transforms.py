@@ -233,6 +233,9 @@ class EvalPreprocess(grain.transforms.Map):
   With `scales` (multi-scale, sliding or flipped evaluation: the device resizes), the image is not resized: it is
   the original padded to label_size, 'image_size' is the original size, and 'scale_sizes' int32 (S, 2) holds the
   (h, w) of each scale by `scale_rule` (see `scaled_size`), each within scale_canvas(eval_size, scale).
+
+  A sample may carry its batch's 'canvas' and 'label_canvas' (data.eval_plan, bucketed shapes): the image and the
+  label are then padded to those instead of eval_size and label_size.
   """
   eval_size: tuple[int, int]
   label_size: tuple[int, int]
@@ -288,17 +291,19 @@ class EvalPreprocess(grain.transforms.Map):
     problems = self.shape_problems(sample.get('name', 'sample'), height, width)
     if problems:
       raise DataError(problems[0])
+    label_size = tuple(sample.get('label_canvas', self.label_size))
     if self.scales:
-      out = {'image': pad_image(image, self.label_size, self.image_pad_value),
+      out = {'image': pad_image(image, label_size, self.image_pad_value),
              'image_size': np.asarray((height, width), np.int32),
              'scale_sizes': np.asarray(self.sizes_at_scales(height, width), np.int32)}
     else:
       resized = eval_rescale_size(height, width, self.eval_scale)
-      out = {'image': pad_image(resize_image(image, resized, self.resize_antialias), self.eval_size,
-                                self.image_pad_value), 'image_size': np.asarray(resized, np.int32)}
+      out = {'image': pad_image(resize_image(image, resized, self.resize_antialias),
+                                tuple(sample.get('canvas', self.eval_size)), self.image_pad_value),
+             'image_size': np.asarray(resized, np.int32)}
     out['original_size'] = np.asarray((height, width), np.int32)
     if label is not None:
-      out['label'] = pad_label(label, self.label_size)
+      out['label'] = pad_label(label, label_size)
     if 'index' in sample:
       out['index'] = np.int32(sample['index'])
     return out

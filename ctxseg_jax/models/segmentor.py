@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from ctxseg_jax.models.heads.fcn import CLASSIFIER_INPUT
 from ctxseg_jax.models.layers.resize import resize_bilinear
+from ctxseg_jax.models.layers.valid_region import ValidRegion
 
 INPUT_TRANSFORMS = ('select', 'resize_concat')
 STAGE_FEATURES = 'stage_features'
@@ -80,8 +81,14 @@ class Segmentor(nn.Module):
   heads: tuple[HeadSpec, ...]
 
   @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
-    """(B, H, W, 3) normalised float images -> dict of named outputs (see the class docstring)."""
+  def __call__(self, images: jax.Array, *, train: bool, valid_size: jax.Array | None = None) -> dict[str, jax.Array]:
+    """(B, H, W, 3) normalised float images -> dict of named outputs (see the class docstring).
+
+    valid_size: optional int (B, 2), each image's (h, w) at the top-left of `images`, the rest padding. Heads that
+    pool over positions (`pools_over_positions`: EncNet's Encoding layer, ASPP's image pooling, OCR's region
+    gather) then pool over that region only, as they would on the image alone (layers.valid_region).
+    """
+    valid = None if valid_size is None else ValidRegion(valid_size, images.shape[1:3])
     features = self.backbone(images, train=train)
     outputs = {}
     for spec in self.heads:
@@ -91,7 +98,8 @@ class Segmentor(nn.Module):
       x = head_input(features, spec)
       if x is not None:
         inputs.insert(0, x)
-      result = spec.module.clone(parent=self, name=spec.name)(*inputs, train=train)
+      pooling = {'valid': valid} if valid is not None and getattr(spec.module, 'pools_over_positions', False) else {}
+      result = spec.module.clone(parent=self, name=spec.name)(*inputs, train=train, **pooling)
       if not isinstance(result, dict):
         result = {spec.local_outputs[0]: result}
       published = dict(zip(spec.local_outputs, spec.outputs))

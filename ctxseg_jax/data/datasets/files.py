@@ -215,6 +215,17 @@ class FilePairSource:
   def sample_name(self, index: int) -> str:
     return self.pairs[int(index)].image
 
+  def sample_size(self, index: int) -> tuple[int, int]:
+    """The (h, w) of image `index`, from its file's header (the pixels are not decoded)."""
+    path = self.pairs[int(index)].image
+    try:
+      with epath.Path(path).open('rb') as f:
+        width, height = Image.open(f).size
+    except OSError as e:  # UnidentifiedImageError included
+      raise base.DataError(f'{path}: cannot read the image header ({e}); the file is corrupt or truncated: '
+                           're-create or re-download it, or remove it together with its label') from e
+    return height, width
+
   def encoded_image(self, index: int) -> bytes:
     """The image file's bytes as stored (for packing without re-encoding)."""
     return epath.Path(self.pairs[int(index)].image).read_bytes()

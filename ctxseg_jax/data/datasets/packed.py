@@ -147,5 +147,10 @@ class PackedSource:
   def sample_name(self, index: int) -> str:
     return f'{self.root}/{self.split}[{index}]'
 
+  def sample_size(self, index: int) -> tuple[int, int]:
+    """The (h, w) recorded with sample `index` (not decoded)."""
+    fields = self.record(index)
+    return int(fields['height']), int(fields['width'])
+
   def __repr__(self) -> str:
     return f'PackedSource(root={self.root!r}, split={self.split!r}, num_samples={len(self)})'

@@ -10,7 +10,7 @@ bottleneck, conv_seg.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,7 @@ from ctxseg_jax import settings
 from ctxseg_jax.models.heads.base import HeadType
 from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, INIT_SETTING, classify
 from ctxseg_jax.models.layers.conv import ConvBNReLU, conv_init
+from ctxseg_jax.models.layers.valid_region import ValidRegion, mask_of, masked_mean
 from ctxseg_jax.settings import Setting
 
 Dtype = Any
@@ -44,11 +45,14 @@ class ASPPHead(nn.Module):
   weight_init: str = 'mmcv'
   dtype: Dtype = jnp.float32
 
+  pools_over_positions: ClassVar[bool] = True
+
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """(B, h, w, C_in) features -> (B, h, w, num_classes) float32 logits."""
+  def __call__(self, x: jax.Array, *, train: bool, valid: ValidRegion | None = None) -> jax.Array:
+    """(B, h, w, C_in) features -> (B, h, w, num_classes) float32 logits; with `valid` (each image's region of a
+    padded input, layers.valid_region), the image pooling averages that region only."""
     batch, height, width, in_channels = x.shape
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
+    pooled = masked_mean(x, mask_of(valid, x)).astype(self.dtype)
     pooled = ConvBNReLU(self.channels, 1, dtype=self.dtype, name='image_pool',
                         **conv_init(self.weight_init, in_channels, 1))(pooled, train=train)
     branches = [jnp.broadcast_to(pooled, (batch, height, width, self.channels))]

@@ -7,7 +7,7 @@ the codes, mean over codes, sigmoid gate; the SE branch reads the pre-gate encod
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,7 @@ from ctxseg_jax.models.layers.conv import BN_EPSILON, BN_MOMENTUM, ConvBNReLU
 from ctxseg_jax.models.layers.encoding import Encoding
 from ctxseg_jax.models.layers.linear import torch_linear
 from ctxseg_jax.models.layers.resize import resize_bilinear
+from ctxseg_jax.models.layers.valid_region import ValidRegion, mask_of
 from ctxseg_jax.settings import Setting
 
 Dtype = Any
@@ -44,11 +45,13 @@ class EncModule(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
-    """(B, h, w, C) -> (encoded float32 (B, C), gated features (B, h, w, C) in `dtype`)."""
+  def __call__(self, x: jax.Array, *, train: bool,
+               valid: ValidRegion | None = None) -> tuple[jax.Array, jax.Array]:
+    """(B, h, w, C) -> (encoded float32 (B, C), gated features (B, h, w, C) in `dtype`); with `valid`, the
+    encoding aggregates each image's own region only."""
     channels = x.shape[-1]
     projected = ConvBNReLU(channels, 1, dtype=self.dtype, name='encoding_project')(x, train=train)
-    codes = Encoding(num_codes=self.num_codes, dtype=self.dtype, name='encoding')(projected)
+    codes = Encoding(num_codes=self.num_codes, dtype=self.dtype, name='encoding')(projected, mask_of(valid, x))
     codes = nn.BatchNorm(use_running_average=not train, axis=1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                          dtype=jnp.float32, param_dtype=jnp.float32, name='encoding_norm')(
                              codes.astype(jnp.float32))
@@ -89,12 +92,16 @@ class EncHead(nn.Module):
   dropout_mode: str = 'channel'
   dtype: Dtype = jnp.float32
 
+  pools_over_positions: ClassVar[bool] = True
+
   @nn.compact
-  def __call__(self, features: Sequence[jax.Array], *, train: bool) -> dict[str, jax.Array]:
+  def __call__(self, features: Sequence[jax.Array], *, train: bool,
+               valid: ValidRegion | None = None) -> dict[str, jax.Array]:
     """Backbone stages [(B, h2, w2, C2), (B, h3, w3, C3), (B, h, w, C4)] -> named float32 outputs.
 
     Returns {'logits': (B, h, w, num_classes)}, plus 'se_logits' (B, num_classes) when `train` and se_head.
-    Without `lateral`, only the last input is read.
+    Without `lateral`, only the last input is read. `valid`: each image's region of a padded input, the only
+    positions the Encoding layer aggregates (layers.valid_region).
     """
     if isinstance(features, jax.Array):
       features = [features]
@@ -111,7 +118,7 @@ class EncHead(nn.Module):
       ]
       feat = ConvBNReLU(self.channels, 3, dtype=self.dtype, name='fusion')(
           jnp.concatenate([feat, *laterals], axis=-1), train=train)
-    encoded, feat = EncModule(self.num_codes, dtype=self.dtype, name='enc_module')(feat, train=train)
+    encoded, feat = EncModule(self.num_codes, dtype=self.dtype, name='enc_module')(feat, train=train, valid=valid)
     dropout = classifier_dropout(self.dropout, self.dropout_mode, train=train)
     if dropout is not None:
       feat = dropout(feat)

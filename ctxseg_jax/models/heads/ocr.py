@@ -11,7 +11,7 @@ Follows HRNet-Semantic-Segmentation (branch HRNet-OCR) `conv3x3_ocr`, `SpatialGa
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -21,19 +21,23 @@ from ctxseg_jax import settings
 from ctxseg_jax.models.heads.base import HeadType
 from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, INIT_SETTING, classify
 from ctxseg_jax.models.layers.conv import ConvBNReLU, conv_init
+from ctxseg_jax.models.layers.valid_region import ValidRegion, mask_of
 from ctxseg_jax.settings import Setting
 
 Dtype = Any
 
 
-def gather_objects(features: jax.Array, region_logits: jax.Array, scale: float = 1.0) -> jax.Array:
+def gather_objects(features: jax.Array, region_logits: jax.Array, scale: float = 1.0,
+                   mask: jax.Array | None = None) -> jax.Array:
   """Object representations: (B, h, w, C) features, (B, h, w, K) region logits -> float32 (B, K, C).
 
-  Region k's representation is the mean of the features weighted by softmax over positions of scale * logits_k.
+  Region k's representation is the mean of the features weighted by softmax over positions of scale * logits_k;
+  with bool (B, h, w) `mask`, over those positions only.
   """
   batch, _, _, channels = features.shape
-  weights = jax.nn.softmax(scale * region_logits.reshape(batch, -1, region_logits.shape[-1]).astype(jnp.float32),
-                           axis=1)
+  logits = scale * region_logits.reshape(batch, -1, region_logits.shape[-1]).astype(jnp.float32)
+  where = None if mask is None else mask.reshape(batch, -1, 1)
+  weights = jax.nn.softmax(logits, axis=1, where=where)
   return jnp.einsum('bnk,bnc->bkc', weights, features.reshape(batch, -1, channels).astype(jnp.float32))
 
 
@@ -88,12 +92,16 @@ class OCRHead(nn.Module):
   weight_init: str = 'mmcv'
   dtype: Dtype = jnp.float32
 
+  pools_over_positions: ClassVar[bool] = True
+
   @nn.compact
-  def __call__(self, x: jax.Array, region_logits: jax.Array, *, train: bool) -> jax.Array:
-    """(B, h, w, C_in) features, (B, h, w, K) region logits -> (B, h, w, num_classes) float32 logits."""
+  def __call__(self, x: jax.Array, region_logits: jax.Array, *, train: bool,
+               valid: ValidRegion | None = None) -> jax.Array:
+    """(B, h, w, C_in) features, (B, h, w, K) region logits -> (B, h, w, num_classes) float32 logits; with `valid`
+    (each image's region of a padded input, layers.valid_region), objects are gathered from that region only."""
     x = ConvBNReLU(self.channels, 3, use_bias=self.bottleneck_bias, dtype=self.dtype, name='bottleneck',
                    **conv_init(self.weight_init, x.shape[-1], 3))(x, train=train)
-    objects = gather_objects(x, region_logits, self.gather_scale)
+    objects = gather_objects(x, region_logits, self.gather_scale, mask_of(valid, x))
     context = ObjectContext(self.key_channels, self.weight_init, dtype=self.dtype, name='object_context')(
         x, objects, train=train)
     y = jnp.concatenate([context, x], -1)

@@ -27,13 +27,15 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 _REF_STRIDE = 8
 
 
-def encode(x: jax.Array, codewords: jax.Array, scale: jax.Array) -> jax.Array:
+def encode(x: jax.Array, codewords: jax.Array, scale: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   """Residual encoding of `x` against `codewords`, computed as matmuls.
 
   Args:
     x: (B, N, D) features, any float dtype.
     codewords: (K, D) codewords.
     scale: (K,) smoothing factors (negative at init).
+    mask: optional bool (B, N): only these positions are aggregated (the image's own region of a padded input,
+      layers.valid_region); their assignments are unchanged, since each is a softmax over codes at one position.
 
   Returns:
     E: (B, K, D) float32 aggregated residuals. Gradients flow to all three inputs (reverse mode only), the one for
@@ -43,8 +45,12 @@ def encode(x: jax.Array, codewords: jax.Array, scale: jax.Array) -> jax.Array:
   ||x||^2 - 2 x.c + ||c||^2 cancels catastrophically when ||x|| is large next to ||x - c||, so x and the codewords
   are first shifted by a per-image reference point, a mean of x over (a strided subset of) N. Distances and
   residuals do not change under a common shift, so values and gradients are those of the unshifted definition.
+  With a mask (evaluation), the masked forward pass is differentiated by autodiff.
   """
-  return _encode(x.astype(jnp.float32), codewords.astype(jnp.float32), scale.astype(jnp.float32))
+  x, codewords, scale = x.astype(jnp.float32), codewords.astype(jnp.float32), scale.astype(jnp.float32)
+  if mask is None:
+    return _encode(x, codewords, scale)
+  return _encode_fwd(x, codewords, scale, mask)[0]
 
 
 @jax.custom_vjp
@@ -52,8 +58,8 @@ def _encode(x: jax.Array, codewords: jax.Array, scale: jax.Array) -> jax.Array:
   return _encode_fwd(x, codewords, scale)[0]
 
 
-def _encode_fwd(x, codewords, scale):
-  """Float32 forward pass; also returns what the backward pass needs."""
+def _encode_fwd(x, codewords, scale, mask=None):
+  """Float32 forward pass; also returns what the backward pass needs (of the unmasked form)."""
   # Any point near the data serves as reference: the mean of every _REF_STRIDE-th position is as good as the full
   # mean and saves a pass over x.
   ref = jnp.mean(x[:, ::_REF_STRIDE], axis=1, keepdims=True)  # (B, 1, D)
@@ -64,6 +70,8 @@ def _encode_fwd(x, codewords, scale):
   dist = jnp.sum(xs * xs, axis=-1)[:, :, None] - 2.0 * cross + jnp.sum(cs * cs, axis=-1)[:, None, :]
   dist = jnp.maximum(dist, 0.0)  # rounding can leave a tiny negative where x sits on a codeword
   assign = jax.nn.softmax(scale * dist, axis=-1)  # (B, N, K)
+  if mask is not None:
+    assign = jnp.where(mask[:, :, None], assign, 0.0)
   mass = jnp.sum(assign, axis=1)  # (B, K)
 
   encoded = jnp.einsum('bnk,bnd->bkd', assign, xs, precision=_HIGHEST) - mass[:, :, None] * cs
@@ -108,11 +116,12 @@ class Encoding(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """(B, H, W, D) -> (B, num_codes, D) float32."""
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """(B, H, W, D) -> (B, num_codes, D) float32; with bool (B, H, W) `mask`, aggregated over those positions."""
     b, h, w, d = x.shape
     bound = 1.0 / math.sqrt(self.num_codes * d)
     codewords = self.param('codewords', uniform(-bound, bound), (self.num_codes, d), jnp.float32)
     scale = self.param('scale', uniform(-1.0, 0.0), (self.num_codes,), jnp.float32)
-    return encode(x.astype(self.dtype).reshape(b, h * w, d), codewords, scale)
+    flat_mask = None if mask is None else mask.reshape(b, h * w)
+    return encode(x.astype(self.dtype).reshape(b, h * w, d), codewords, scale, flat_mask)
 

@@ -12,6 +12,7 @@ child in turn for one timed step, round after round, and collects the rows.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -25,6 +26,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(path: str):
+  """get_config() of a config file (relative to the repository root), or get_config(arg) for 'file.py:arg'."""
+  path, _, arg = path.partition(':')
+  spec = importlib.util.spec_from_file_location('bench_config', os.path.join(REPO, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def rss_mib() -> float:

@@ -29,7 +29,6 @@ since vCPUs that share a physical core add little throughput.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -144,11 +143,7 @@ def write_tree(root: str, count: int, seed: int = 0) -> dict[str, Any]:
 
 def bench_config(root: str):
   """configs/encnet_cityscapes.py reading the generated tree; cat_max_ratio and photometric on (mmseg)."""
-  spec = importlib.util.spec_from_file_location('encnet_cityscapes', os.path.join(_REPO, 'configs',
-                                                                                  'encnet_cityscapes.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = harness.load_config('configs/encnet_cityscapes.py')
   set_here = {}
   if config.data.cat_max_ratio >= 1:
     config.data.cat_max_ratio = set_here['cat_max_ratio'] = 0.75

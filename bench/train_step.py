@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib.util
 import json
 import os
 import statistics
@@ -84,19 +83,10 @@ MODELS = {
 }
 
 
-def load_config(path: str):
-  """get_config() of a config file (relative to the repository root), or get_config(arg) for 'file.py:arg'."""
-  path, _, arg = path.partition(':')
-  spec = importlib.util.spec_from_file_location('bench_config', os.path.join(harness.REPO, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
-
-
 def bench_config(name: str, size: int):
   """The model's config with HxH crops and a global batch of BATCH."""
   model = MODELS[name]
-  config = load_config(model.config)
+  config = harness.load_config(model.config)
   if model.depth is not None:
     config.model.backbone.depth = model.depth
   config.data.crop_size = (size, size)

@@ -9,13 +9,9 @@ multiplier; EncHead without lateral connections, 32 codes, Dropout2d 0.1; CE wei
 crop 512x512 with cat_max_ratio 0.75, flip, PhotoMetricDistortion, padding with the mean colour; test:
 keep-ratio resize to scale (2048, 512), whole image, logits resized back and scored at the original resolution.
 
-Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned), and per-image
-eval shapes. Evaluation runs on one static shape: resized images are padded to eval_size (the bound of the test
-resize for either orientation; a typical 512x683 image fills 8% of it) and labels to eval_label_size, while
-mmseg runs each image at its own size. Padding changes more than the border pixels here: the Encoding layer and
-the SE gate pool over every position, padding included, so every prediction sees it. Shape buckets or masked
-pooling belong to full-protocol evaluation (planned); until then lower eval_size as far as `--mode check_data`
-allows.
+Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned).
+Evaluation scores each image as mmseg does, at its own size: images are batched by size (eval.shape_bucket) and
+each is run as if alone in its padded batch (eval.image_regions; bench/exact_shape.py measures the agreement).
 Images are resized as mmseg's cv2 INTER_LINEAR does, bilinear without antialiasing (data.resize_antialias
 False; cv2's fixed-point rounding can be one grey level lower). Labels are resized nearest with half-pixel
 centres, src = floor((dst + 0.5) * in / out); mmseg's cv2 INTER_NEAREST takes floor(dst * in / out).

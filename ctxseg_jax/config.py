@@ -124,14 +124,15 @@ def base_config() -> ml_collections.ConfigDict:
                                       # of exp(logits), whole image at scales <= 1), 'pte' (PyTorch-Encoding: sum of
                                       # exp(logits + mirrored logits), windows padded, align_corners True)
   c.eval.windows_per_pass = 16        # windows (of all images of the batch) per forward pass: bounds memory
-  c.eval.masked_pooling = True        # global pooling (EncNet's Encoding layer, ASPP's image pooling, OCR's region
-                                      # gather) over each image's own region of a padded input, as the references
-                                      # running it at its own size do; False: over the padding too. (Where a
-                                      # reference pads, PyTorch-Encoding's windows, the padding is part of the input.)
+  c.eval.image_regions = True         # in a padded batch, each image is scored as if alone at its own size (as the
+                                      # references run it): convolutions and max pools see zeros past its border,
+                                      # heads pool over its region (EncNet's Encoding layer, ASPP's image pooling,
+                                      # OCR's region gather), logits are resized from it; False: the padding is
+                                      # input. (Where a reference pads, PyTorch-Encoding's windows, it stays input.)
   c.eval.shape_bucket = 32            # single-scale whole-image evaluation: images of similar size are batched
                                       # together and padded only to their batch's largest size rounded up to a
-                                      # multiple of this (one compiled program per such shape); 0: every image
-                                      # padded to data.eval_size (one shape)
+                                      # multiple of this (one compiled program per such shape; keep it a multiple
+                                      # of the output stride); 0: every image padded to data.eval_size (one shape)
   c.eval.align_corners = False        # corner convention of the logits' resizes (HRNet-OCR: True)
   c.eval.miou_convention = 'present'  # headline `miou`: 'present' (mean over classes present, mmseg) or
                                       # 'all' (mean over all classes, absent ones count 0: HRNet, PyTorch-Encoding)

@@ -9,7 +9,7 @@ from etils import epath
 
 from ctxseg_jax import experiment, feature_metrics, metrics, parallel, reporting, storage
 from ctxseg_jax.checkpoints import Checkpointer
-from ctxseg_jax.data import datasets, pipeline, transforms
+from ctxseg_jax.data import datasets, eval_plan, pipeline
 
 
 class Evaluator:
@@ -20,19 +20,30 @@ class Evaluator:
     config = exp.config
     self.source = datasets.build_source(config.data, config.data.eval_split)
     parallel.per_process_batch_size(config.eval.batch_size, exp.mesh, 'eval.batch_size')
+    self._plan = None
 
-  def run(self, variables: dict[str, Any]) -> dict[str, float]:
+  def run(self, variables: dict[str, Any], per_image: bool = False) -> dict[str, float]:
     """Metrics over the whole eval split: in percent (see metrics.segmentation_metrics), and with
-    config.eval.feature_metrics also feature_metrics.KEYS (see feature_metrics.feature_metrics)."""
+    config.eval.feature_metrics also feature_metrics.KEYS (see feature_metrics.feature_metrics). With
+    `per_image`, each image's (K, K) confusion matrix is kept in self.image_confusions, by split index."""
     config = self.exp.config
-    batches, _ = pipeline.eval_batches(self.source, config.data, config.eval.batch_size, eval_config=config.eval)
-    pixels_per_batch = config.eval.batch_size * int(np.prod(transforms.eval_label_size(config.data)))
+    if self._plan is None:  # reads every image's size: once
+      self._plan = eval_plan.plan(self.source, config.data, config.eval.batch_size, config.eval)
+    batches, _ = pipeline.eval_batches(self.source, config.data, config.eval.batch_size, eval_config=config.eval,
+                                       plan=self._plan)
     num_classes, names, convention = self.exp.info.num_classes, self.exp.info.class_names, config.eval.miou_convention
     confusion = metrics.ConfusionAccumulator(num_classes)
     boundaries = [metrics.ConfusionAccumulator(num_classes) for _ in config.eval.boundary_px]
     features = feature_metrics.FeatureAccumulator(config.eval.feature_neighbours)
+    step = self.exp.per_image_eval_step if per_image else self.exp.eval_step
+    self.image_confusions: dict[int, np.ndarray] = {}
     for host_batch in batches:
-      result = self.exp.eval_step(variables, parallel.to_global(host_batch, self.exp.mesh))
+      result = step(variables, parallel.to_global(host_batch, self.exp.mesh))
+      if per_image:
+        for index, matrix in zip(np.asarray(result['index']).tolist(), np.asarray(result['image_confusion'])):
+          if index < len(self.source):  # the rest pads the last batch
+            self.image_confusions[index] = matrix
+      pixels_per_batch = config.eval.batch_size * int(np.prod(host_batch['label'].shape[1:3]))
       confusion.add(result['confusion'], pixels_per_batch)
       for i, accumulator in enumerate(boundaries):
         accumulator.add(result['boundary'][i], pixels_per_batch)
@@ -73,15 +84,23 @@ def restore_variables(exp: experiment.Experiment, workdir: str | epath.Path,
     checkpointer.close()
 
 
-def evaluate(config, workdir: str | epath.Path, step: int | None = None) -> dict[str, float]:
+def evaluate(config, workdir: str | epath.Path, step: int | None = None, *, output: str | None = None,
+             worst: int = 0) -> dict[str, float]:
   """Restores the latest checkpoint of `workdir` (or `step`), evaluates it and appends the results to
-  metrics.jsonl."""
+  metrics.jsonl. With `output` (a folder), also writes there per_image.csv (each image's mIoU and per-class IoU,
+  as --mode predict does) and, with `worst`, the predictions of the `worst` images of lowest mIoU (label PNG,
+  overlay and image | prediction | ground truth comparison, named worst<rank>_<stem>)."""
   exp = experiment.build(config)
   restored_step, variables = restore_variables(exp, workdir, step)
   storage.check_writable(workdir)  # before the work: the results are appended to metrics.jsonl
+  if output:
+    storage.check_writable(output, 'output folder')
   evaluator = Evaluator(exp)
-  results = evaluator.run(variables)
+  results = evaluator.run(variables, per_image=bool(output))
   writer = reporting.MetricWriter(workdir)
   evaluator.report(restored_step, results, writer)
   writer.close()
+  if output:
+    from ctxseg_jax import predict
+    predict.write_per_image_results(exp, variables, evaluator.source, evaluator.image_confusions, output, worst)
   return results

@@ -52,7 +52,15 @@ class Experiment:
   @functools.cached_property
   def eval_step(self) -> Callable[[dict, dict], dict[str, Any]]:
     """Jitted (variables, global eval batch) -> replicated {'confusion': (K, K), ...} (see steps.eval_step)."""
-    step = functools.partial(steps.eval_step, model=self.model, config=self.config,
+    return self._eval_step(per_image=False)
+
+  @functools.cached_property
+  def per_image_eval_step(self) -> Callable[[dict, dict], dict[str, Any]]:
+    """eval_step whose result also holds each image's confusion matrix (steps.eval_step with per_image)."""
+    return self._eval_step(per_image=True)
+
+  def _eval_step(self, per_image: bool) -> Callable[[dict, dict], dict[str, Any]]:
+    step = functools.partial(steps.eval_step, model=self.model, config=self.config, per_image=per_image,
                              num_classes=self.info.num_classes, ignore_index=self.info.ignore_index)
     return jax.jit(step, in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
                    out_shardings=parallel.replicated(self.mesh))

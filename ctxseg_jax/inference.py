@@ -30,6 +30,7 @@ import ml_collections
 
 from ctxseg_jax.data import transforms
 from ctxseg_jax.models.layers.resize import resize_bilinear, resize_bilinear_regions
+from ctxseg_jax.models.layers.valid_region import valid_extent
 from ctxseg_jax.models.segmentor import Segmentor, classifier_input
 from ctxseg_jax.ops import sliding_window
 
@@ -50,10 +51,21 @@ def predict_logits(variables: dict, images: jax.Array, *, model: Segmentor,
   return predict_logits_and_features(variables, images, model=model, config=config, features=False)[0]
 
 
-def pooling_region(image_size: jax.Array, config: ml_collections.ConfigDict) -> jax.Array | None:
-  """The valid_size a forward pass over padded images gets (Segmentor): each image's (h, w), int (B, 2), with
-  eval.masked_pooling, else None (global pooling over the padding too)."""
-  return image_size if config.eval.masked_pooling else None
+def image_region(image_size: jax.Array, config: ml_collections.ConfigDict) -> jax.Array | None:
+  """The valid_size of a forward pass over padded images (`predict_logits_and_features`, Segmentor): each image's
+  (h, w), int (B, 2), with eval.image_regions, else None (the whole padded input)."""
+  return image_size if config.eval.image_regions else None
+
+
+def logits_at_input_size(logits: jax.Array, input_shape: tuple[int, int], valid_size: jax.Array | None,
+                         align_corners: bool) -> jax.Array:
+  """(B, h, w, K) logits -> (B, *input_shape, K), bilinear: the whole map to the whole input, or with valid_size
+  (int (B, 2)) each image's region of the map (layers.valid_region.valid_extent) to its region of the input, as
+  the image alone at its own size would be resized (the rest of the output is padding)."""
+  if valid_size is None:
+    return resize_bilinear(logits, input_shape, align_corners)
+  extents = valid_extent(valid_size, input_shape, logits.shape[1:3])
+  return resize_bilinear_regions(logits, extents, valid_size, input_shape, align_corners)
 
 
 def predict_logits_and_features(variables: dict, images: jax.Array, *, model: Segmentor,
@@ -67,7 +79,7 @@ def predict_logits_and_features(variables: dict, images: jax.Array, *, model: Se
     recorded = classifier_input(model, state['intermediates'])
   else:
     outputs, recorded = model.apply(variables, inputs, train=False, valid_size=valid_size), None
-  return resize_bilinear(outputs['logits'], images.shape[1:3], config.eval.align_corners), recorded
+  return logits_at_input_size(outputs['logits'], images.shape[1:3], valid_size, config.eval.align_corners), recorded
 
 
 def logits_at_original_size(logits: jax.Array, image_size: jax.Array, original_size: jax.Array,
@@ -113,11 +125,11 @@ def scores_at_original_size(variables: dict, batch: dict[str, jax.Array], out_sh
     shape = transforms.scale_canvas(config.data.eval_size, 1.0)
     images = scaled_images(batch['image'], batch['original_size'], sizes, shape, config)
     _, recorded = predict_logits_and_features(variables, images, model=model, config=config,
-                                              valid_size=pooling_region(sizes, config))
+                                              valid_size=image_region(sizes, config))
     return scores, ClassifierFeatures(recorded, sizes, shape)
   logits, recorded = predict_logits_and_features(variables, batch['image'], model=model, config=config,
                                                  features=features,
-                                                 valid_size=pooling_region(batch['image_size'], config))
+                                                 valid_size=image_region(batch['image_size'], config))
   scores = logits_at_original_size(logits, batch['image_size'], batch['original_size'], out_shape, config)
   if not features:
     return scores, None
@@ -198,7 +210,7 @@ def window_scores(variables: dict, images: jax.Array, sizes: jax.Array, canvas: 
   valid = jnp.pad(valid, ((0, 0), (0, padding)))
   # The part of each window inside the image, (B, n, 2): the image itself when it runs whole. 'shift' windows
   # are mirrored in place over it (flip_regions) and, like the references' windows cut at the image's border,
-  # pool over it alone (eval.masked_pooling); 'pad' windows are whole crops of the padded image.
+  # are scored from it alone (eval.image_regions); 'pad' windows are whole crops of the padded image.
   if placement == 'shift':
     window_sizes = jnp.clip(sizes[:, None, :] - starts, 1, jnp.asarray(crop))
   else:
@@ -209,7 +221,7 @@ def window_scores(variables: dict, images: jax.Array, sizes: jax.Array, canvas: 
 
     def run(total):
       windows = sliding_window.gather_windows(images, group_starts, crop)  # (B, k, h, w, 3)
-      valid_size = pooling_region(group_sizes.reshape(-1, 2), config) if placement == 'shift' else None
+      valid_size = image_region(group_sizes.reshape(-1, 2), config) if placement == 'shift' else None
       scores = _window_transform(variables, windows.reshape(-1, *crop, 3), group_sizes.reshape(-1, 2)[:, 1],
                                  valid_size, model=model, config=config)
       scores = scores.reshape(*windows.shape[:2], *crop, -1)
@@ -239,8 +251,8 @@ def _window_transform(variables: dict, windows: jax.Array, flip_widths: jax.Arra
   inputs = jnp.concatenate([windows, sliding_window.flip_regions(windows, flip_widths)]) if flip else windows
   if flip and valid_size is not None:
     valid_size = jnp.concatenate([valid_size, valid_size])
-  logits = resize_bilinear(model.apply(variables, inputs, train=False, valid_size=valid_size)['logits'],
-                           windows.shape[1:3], align_corners)
+  logits = logits_at_input_size(model.apply(variables, inputs, train=False, valid_size=valid_size)['logits'],
+                                windows.shape[1:3], valid_size, align_corners)
   if combine == 'mmseg':
     return logits
   if flip:

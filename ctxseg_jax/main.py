@@ -1,6 +1,7 @@
 """Command line: python -m ctxseg_jax.main --config configs/demo.py [--workdir DIR] [--mode MODE].
 
-Modes: train (default; resumes from <workdir>/checkpoints when present), eval (latest checkpoint or --step),
+Modes: train (default; resumes from <workdir>/checkpoints when present), eval (latest checkpoint or --step; with
+--output OUT, per-image scores in OUT/per_image.csv, and with --worst N the N lowest-scoring images' predictions),
 predict (a checkpoint's predictions as images: --input DIR_OR_GLOB, or the eval split, --output OUT),
 summary (parameter counts and FLOPs, no data needed), check_data (decode and verify every sample).
 Config values are overridden on the command line, e.g. --config.train.steps=100 --config.data.root=/data/x.
@@ -37,11 +38,14 @@ _INPUT = flags.DEFINE_string('input', None, 'With --mode predict: a folder of im
                              '(quoted) or one image file; default: the eval split (config.data.eval_split), whose '
                              'labels then give per-image scores and comparison images.')
 _OUTPUT = flags.DEFINE_string('output', None, 'With --mode predict: the folder the predictions are written to '
-                              '(local or gs://); images already complete there are skipped.')
+                              '(local or gs://); images already complete there are skipped. With --mode eval: '
+                              'the folder per_image.csv (and --worst) is written to.')
+_WORST = flags.DEFINE_integer('worst', 0, 'With --mode eval --output DIR: also write the predictions and '
+                              'comparison images of this many images of lowest mIoU.')
 _LABEL_FORMAT = flags.DEFINE_enum('label_format', 'palette', ['palette', 'cityscapes_label_ids'],
                                   'With --mode predict: <stem>.png as a palette PNG of class ids with the dataset '
                                   'colours, or as Cityscapes labelIds (the test server format; Cityscapes only).')
-_PREDICT_FLAGS = ('input', 'output', 'label_format')
+_PREDICT_FLAGS = ('input', 'label_format')
 _FORCE_UNLOCK = flags.DEFINE_bool('force_unlock', False, 'With --mode train: take <workdir>/trainer.lock even '
                                   'when it names a trainer that looks alive (use only when that run is known '
                                   'dead; a lock without heartbeat for 10 minutes is taken over anyway).')
@@ -111,6 +115,10 @@ def main(argv: list[str]) -> None:
       _fail(f'{", ".join(given)} only apply to --mode predict')
   elif not _OUTPUT.value:
     _fail('--mode predict needs --output DIR, the folder the predictions are written to')
+  if _OUTPUT.value and _MODE.value not in ('eval', 'predict'):
+    _fail('--output only applies to --mode eval (per-image scores) or predict')
+  if _WORST.present and (_MODE.value != 'eval' or not _OUTPUT.value or _WORST.value < 1):
+    _fail('--worst N (N >= 1) applies to --mode eval with --output DIR, the folder its images are written to')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, grain) drown the progress lines
   # Imported after flag parsing so that `--help` and flag errors are instant.
@@ -131,7 +139,7 @@ def main(argv: list[str]) -> None:
       train.train(config, workdir, force_unlock=_FORCE_UNLOCK.value)
     elif _MODE.value == 'eval':
       from ctxseg_jax import evaluate
-      evaluate.evaluate(config, workdir, step=_STEP.value)
+      evaluate.evaluate(config, workdir, step=_STEP.value, output=_OUTPUT.value, worst=_WORST.value)
     elif _MODE.value == 'predict':
       from ctxseg_jax import predict
       predict.predict(config, workdir, _OUTPUT.value, input_path=_INPUT.value, step=_STEP.value,

@@ -52,11 +52,13 @@ from PIL import Image, ImageDraw, ImageFont
 from ctxseg_jax import evaluate, experiment, metrics, parallel, reporting, storage
 from ctxseg_jax.checkpoints import checkpoint_dir
 from ctxseg_jax.config import ConfigError
-from ctxseg_jax.data import datasets, pipeline
+from ctxseg_jax.data import datasets, eval_plan, pipeline
 from ctxseg_jax.data.datasets import cityscapes, files
 from ctxseg_jax.data.datasets.base import DataError, DatasetInfo
 from ctxseg_jax.data.export import label_palette
 
+_UNREADABLE_FIX = ('it is not a readable image: fix or remove it and run the same command again (the images '
+                   'already written are kept)')
 LABEL_FORMATS = ('palette', 'cityscapes_label_ids')
 IMAGE_SUFFIXES = ('.bmp', '.jpeg', '.jpg', '.png', '.tif', '.tiff', '.webp')
 CSV_FILE = 'per_image.csv'
@@ -81,12 +83,14 @@ class ImageFileSource:
       data = epath.Path(path).read_bytes()
     except OSError as e:
       raise DataError(f'{path}: cannot read the file ({e})') from e
-    image = files.decode_bytes(data, path, 'it is not a readable image: fix or remove it and run the same command '
-                                           'again (the images already written are kept)')
+    image = files.decode_bytes(data, path, _UNREADABLE_FIX)
     return {'image': files.rgb_array(image), 'name': path}
 
   def sample_name(self, index: int) -> str:
     return self.paths[int(index)]
+
+  def sample_size(self, index: int) -> tuple[int, int]:
+    return files.header_size(self.paths[int(index)], fix=_UNREADABLE_FIX)
 
 
 class _Subset:
@@ -103,6 +107,9 @@ class _Subset:
 
   def sample_name(self, index: int) -> str:
     return self.source.sample_name(self.indices[int(index)])
+
+  def sample_size(self, index: int) -> tuple[int, int]:
+    return eval_plan.sample_size(self.source, self.indices[int(index)])
 
 
 def _inside(path: epath.Path, folder: epath.Path) -> bool:
@@ -452,6 +459,35 @@ def predict(config: ml_collections.ConfigDict, workdir: str | epath.Path, output
   reporting.console(f'Wrote the predictions of {len(todo)} images to {out}')
   return {'step': restored_step, 'predicted': [stems[i] for i in todo],
           'skipped': [stem for stem, skip in zip(stems, done) if skip], 'output': str(out)}
+
+
+def write_per_image_results(exp: experiment.Experiment, variables: dict, source, image_confusions: dict,
+                            output: str | epath.PathLike, worst: int = 0) -> None:
+  """`--mode eval --output OUT [--worst N]`: OUT/per_image.csv with every image of the split (the columns of
+  --mode predict's, from each image's (K, K) confusion matrix, `image_confusions` by split index), and the
+  predictions of the `worst` images of lowest mIoU (images without a labelled pixel left out): the files --mode
+  predict writes for a labelled image, named worst<rank>_<stem>."""
+  out, info = epath.Path(output), exp.info
+  names = [source.sample_name(i) for i in range(len(source))]
+  stems = [output_stem(name) for name in names]
+  _check_names(names, stems, True, out)
+  scores = {i: image_scores(matrix, info.class_names) for i, matrix in image_confusions.items()}
+  if jax.process_index() == 0:
+    table = _PerImageCsv(out / CSV_FILE, info.class_names, stems)
+    table.rows = {}  # this evaluation's rows only
+    for i in sorted(scores):
+      table.add(stems[i], names[i], scores[i])
+    table.flush(force=True)
+    reporting.console(f'Per-image scores of {len(scores)} images in {out / CSV_FILE}')
+  ranked = sorted((i for i in scores if not math.isnan(scores[i]['miou'])), key=lambda i: (scores[i]['miou'], i))
+  ranked = ranked[:worst]
+  if ranked:
+    digits = len(str(len(ranked)))
+    worst_stems = [f'worst{rank + 1:0{digits}d}_{stems[i]}' for rank, i in enumerate(ranked)]
+    _run(exp, variables, _Subset(source, ranked), worst_stems, ranked, _Writer(out, source, info, 'palette', True),
+         None)
+    reporting.console(f'Wrote the predictions of the {len(ranked)} images of lowest mIoU to {out} '
+                      f'({worst_stems[0]}_compare.png ...)')
 
 
 def _run(exp: experiment.Experiment, variables: dict, todo_source: _Subset, todo_stems: list[str],

@@ -81,7 +81,8 @@ def image_confusions(predictions: jax.Array, labels: jax.Array, *, num_classes: 
 
 
 def eval_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
-              config: ml_collections.ConfigDict, num_classes: int, ignore_index: int) -> dict[str, Any]:
+              config: ml_collections.ConfigDict, num_classes: int, ignore_index: int,
+              per_image: bool = False) -> dict[str, Any]:
   """What one global batch adds to the evaluation.
 
   The batch is {'image': uint8 (B, H, W, 3), 'label': uint8 (B, Lh, Lw), 'image_size': int (B, 2),
@@ -89,12 +90,17 @@ def eval_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
   image's original resolution (inference.scores_at_original_size), as mmseg, HRNet and PyTorch-Encoding do.
   Returns {'confusion': the (K, K) int32 confusion matrix}; with config.eval.boundary_px, 'boundary': one (K, K)
   matrix per trimap width (metrics.boundary_confusions); with config.eval.feature_metrics, 'features': the
-  batch's feature_metrics.FeatureStats.
+  batch's feature_metrics.FeatureStats; with `per_image`, 'image_confusion': int32 (B, K, K) each image's matrix
+  (image_confusions) and its 'index'.
   """
   scores, features = inference.scores_at_original_size(variables, batch, batch['label'].shape[1:3], model=model,
                                                        config=config, features=config.eval.feature_metrics)
   predictions = jnp.argmax(scores, axis=-1)
   result = {'confusion': metrics.confusion_matrix(predictions, batch['label'], num_classes, ignore_index)}
+  if per_image:
+    result['image_confusion'] = image_confusions(predictions, batch['label'], num_classes=num_classes,
+                                                 ignore_index=ignore_index)
+    result['index'] = batch['index']
   if config.eval.boundary_px:
     result['boundary'] = metrics.boundary_confusions(predictions, batch['label'], batch['original_size'],
                                                      tuple(config.eval.boundary_px), num_classes, ignore_index)

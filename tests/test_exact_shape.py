@@ -4,11 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctxseg_jax import experiment, metrics, parallel
+from ctxseg_jax import experiment, metrics, models, parallel
 from ctxseg_jax.data import eval_plan, pipeline
-from ctxseg_jax.models.heads import aspp, encnet, ocr
+from ctxseg_jax.models import build_model
+from ctxseg_jax.models.heads import HEADS, aspp, encnet, ocr
 from ctxseg_jax.models.layers.valid_region import ValidRegion, masked_mean, valid_positions
-from tests.tiny_config import get_config, use_encnet
+from tests.tiny_config import get_config, tiny_model_config, use_encnet
 
 SIZES = ((5, 7), (8, 8), (3, 6))  # (h, w) of each image's feature map inside an 8x8 canvas
 
@@ -138,3 +139,37 @@ def test_bucketed_evaluation_with_unit_buckets_scores_each_image_at_its_own_shap
                                                               exp.info.num_classes, 255))
   np.testing.assert_array_equal(got, expected)
   assert int(got.sum()) == sum(h * w for h, w in sizes)
+
+
+def _tiny_segmentor(kind):
+  if kind == 'aspp':
+    model = tiny_model_config()
+    models.set_head(model, 'decode_head', HEADS.config('aspp', reads=(3,), channels=8, dilations=(1, 2, 3)))
+  else:
+    model = tiny_model_config(kind)
+  return build_model(model, 5)
+
+
+@pytest.mark.parametrize('kind', ['fcn', 'enc', 'aspp'])
+def test_a_resnet_segmentor_gives_each_image_of_a_padded_batch_its_own_logits(kind):
+  """Images of varied sizes padded into one 40x40 batch with their valid_size: each image's logits (output
+  stride 8) equal those of the image alone at its own size; without valid_size they do not."""
+  sizes = ((33, 21), (40, 40), (17, 9))
+  rng = np.random.default_rng(3)
+  alone = [rng.normal(size=(h, w, 3)).astype(np.float32) for h, w in sizes]
+  padded = np.full((len(sizes), 40, 40, 3), 0.7, np.float32)  # a pad value the network would notice
+  for i, x in enumerate(alone):
+    padded[i, :x.shape[0], :x.shape[1]] = x
+  model = _tiny_segmentor(kind)
+  variables = model.init(jax.random.key(0), jnp.asarray(padded), train=False)
+  # BatchNorm statistics away from (0, 1), so that the padding's activations are far from zero.
+  variables = jax.tree_util.tree_map(lambda v: v + 0.3 * jax.random.uniform(jax.random.key(1), v.shape), variables)
+  masked = model.apply(variables, jnp.asarray(padded), train=False, valid_size=jnp.asarray(sizes))['logits']
+  unmasked = model.apply(variables, jnp.asarray(padded), train=False)['logits']
+  differs = False
+  for i, x in enumerate(alone):
+    own = np.asarray(model.apply(variables, jnp.asarray(x[None]), train=False)['logits'][0])
+    h, w = own.shape[:2]
+    np.testing.assert_allclose(np.asarray(masked[i, :h, :w]), own, rtol=1e-4, atol=1e-4)
+    differs |= not np.allclose(np.asarray(unmasked[i, :h, :w]), own, rtol=1e-4, atol=1e-4)
+  assert differs

@@ -216,3 +216,23 @@ def test_cli_dispatches_predict(checkpoint, tmp_path):
       [predict.MANIFEST_FILE] + [f'{s}{suffix}' for s in 'abc' for suffix in ('.png', '_overlay.jpg')])
   missing_output = _cli('--workdir', str(workdir), '--mode', 'predict')
   assert missing_output.returncode == 2 and '--mode predict needs --output' in missing_output.stderr
+
+
+def test_eval_per_image_scores_equal_predicts_and_the_worst_images_are_written(checkpoint, tmp_path):
+  """--mode eval --output scores every image from the eval step's per-image confusions; --mode predict from its
+  own predictions: the two per_image.csv agree; --worst 2 writes the two lowest rows' images."""
+  config, workdir, _ = checkpoint
+  predict.predict(config, workdir, tmp_path / 'predicted')
+  result = _cli('--workdir', str(workdir), '--mode', 'eval', '--output', str(tmp_path / 'eval'), '--worst', '2')
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = {}
+  for folder in ('predicted', 'eval'):
+    with open(tmp_path / folder / predict.CSV_FILE) as f:
+      rows[folder] = list(csv.DictReader(f))
+  assert rows['eval'] == rows['predicted'] and len(rows['eval']) == 12
+  lowest = sorted(rows['eval'], key=lambda row: (float(row['miou']), int(row['name'])))[:2]
+  written = sorted(p.name for p in (tmp_path / 'eval').iterdir() if p.name.startswith('worst'))
+  assert written == sorted(f'worst{rank}_{row["name"]}{suffix}' for rank, row in enumerate(lowest, 1)
+                           for suffix in ('.png', '_overlay.jpg', '_compare.png'))
+  refused = _cli('--workdir', str(workdir), '--mode', 'eval', '--worst', '2')
+  assert refused.returncode == 2 and '--worst N (N >= 1) applies to --mode eval with --output' in refused.stderr

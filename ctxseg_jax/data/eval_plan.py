@@ -1,11 +1,12 @@
 """Which image of an eval split goes into which static-shape batch, and at what shape (eval.shape_bucket).
 
-The references run each test image at its own size. Under jit every distinct shape is a compiled program, so the
-plan groups images of similar size: each image's size after the eval resize is rounded up to a multiple of the
-bucket, images are ordered by that rounded size, and each global batch is padded only to the largest rounded size
-among its own images (its label canvas likewise, from the original sizes). Compiled programs: one per distinct
-(image canvas, label canvas) pair, at most one per bucket a batch spans. Combined with masked pooling
-(eval.masked_pooling) the padding changes only the pixels near each image's bottom and right borders.
+The references run each test image at its own size. Under jit every distinct shape is a compiled program, so
+images are batched, and padded. With eval.image_regions (models.layers.valid_region) the padding does not change
+a ResNet segmentor's scores (to float rounding; HRNet's internal resizes differ slightly near the border), so
+buckets are about compute: the plan groups images of similar size so that little of each batch is padding. Each
+image's size after the eval resize is rounded up to a multiple of the bucket, images are ordered by that rounded
+size, and each global batch is padded only to the largest rounded size among its own images (its label canvas
+likewise, from the original sizes). Compiled programs: one per distinct (image canvas, label canvas) pair.
 
 Without a bucket (shape_bucket 0, or evaluation protocols that resize on the device), the split keeps its order
 and every batch has the static shapes data.eval_size / eval label size.

@@ -163,8 +163,10 @@ def train_iterator(source: SegmentationSource, data_config: ml_collections.Confi
 
 def eval_batches(source: SegmentationSource, data_config: ml_collections.ConfigDict, global_batch: int,
                  *, eval_config: ml_collections.ConfigDict | None = None, process_index: int | None = None,
-                 process_count: int | None = None, worker_count: int | None = None) -> tuple[Iterator[dict], int]:
-  """One pass over the split in this process's share of static-shape batches.
+                 process_count: int | None = None, worker_count: int | None = None,
+                 plan: eval_plan.EvalPlan | None = None) -> tuple[Iterator[dict], int]:
+  """One pass over the split in this process's share of static-shape batches, in the order and shapes of `plan`
+  (default: eval_plan.plan of the configs; an evaluation that runs repeatedly computes it once).
 
   Returns (iterator of batches, number of batches); each batch holds b = global_batch / process_count samples
   {'image': uint8 (b, *eval_size, 3), 'label': uint8 (b, *label size) at original resolution, 'image_size':
@@ -175,7 +177,7 @@ def eval_batches(source: SegmentationSource, data_config: ml_collections.ConfigD
   to its own canvases instead of eval_size and the label size.
   """
   count = jax.process_count() if process_count is None else process_count
-  plan = eval_plan.plan(source, data_config, global_batch, eval_config)
+  plan = plan or eval_plan.plan(source, data_config, global_batch, eval_config)
   padded = grain.MapDataset.source(PlannedEvalSource(source, plan))
   dataset = (_process_shard(padded, process_index, count)
              .map(transforms.EvalPreprocess.from_config(data_config, eval_config))

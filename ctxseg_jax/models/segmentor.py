@@ -8,6 +8,7 @@ training, and the names under which its outputs are published.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Sequence
 
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 
 from ctxseg_jax.models.heads.fcn import CLASSIFIER_INPUT
 from ctxseg_jax.models.layers.resize import resize_bilinear
-from ctxseg_jax.models.layers.valid_region import ValidRegion
+from ctxseg_jax.models.layers.valid_region import ValidRegion, zero_padding
 
 INPUT_TRANSFORMS = ('select', 'resize_concat')
 STAGE_FEATURES = 'stage_features'
@@ -84,32 +85,35 @@ class Segmentor(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool, valid_size: jax.Array | None = None) -> dict[str, jax.Array]:
     """(B, H, W, 3) normalised float images -> dict of named outputs (see the class docstring).
 
-    valid_size: optional int (B, 2), each image's (h, w) at the top-left of `images`, the rest padding. Heads that
-    pool over positions (`pools_over_positions`: EncNet's Encoding layer, ASPP's image pooling, OCR's region
-    gather) then pool over that region only, as they would on the image alone (layers.valid_region).
+    valid_size: optional int (B, 2), each image's (h, w) at the top-left of `images`, the rest padding. Every
+    convolution and max pool then sees zeros in the padding, and heads that pool over positions
+    (`pools_over_positions`: EncNet's Encoding layer, ASPP's image pooling, OCR's region gather) pool over each
+    image's region only, as on the image alone (layers.valid_region).
     """
     valid = None if valid_size is None else ValidRegion(valid_size, images.shape[1:3])
-    features = self.backbone(images, train=train)
-    outputs = {}
-    for spec in self.heads:
-      if spec.train_only and not train:
-        continue
-      inputs = [outputs[name] for name in spec.reads_outputs]
-      x = head_input(features, spec)
-      if x is not None:
-        inputs.insert(0, x)
-      pooling = {'valid': valid} if valid is not None and getattr(spec.module, 'pools_over_positions', False) else {}
-      result = spec.module.clone(parent=self, name=spec.name)(*inputs, train=train, **pooling)
-      if not isinstance(result, dict):
-        result = {spec.local_outputs[0]: result}
-      published = dict(zip(spec.local_outputs, spec.outputs))
-      outputs.update({published[local]: value for local, value in result.items()})
-    if 'logits' not in outputs:
-      raise ValueError(f'no head published "logits"; outputs are {sorted(outputs)}')
-    outputs = {name: value.astype(jnp.float32) for name, value in outputs.items()}
-    if train:
-      outputs[STAGE_FEATURES] = tuple(features)
-    return outputs
+    with nn.intercept_methods(zero_padding(valid)) if valid is not None else contextlib.nullcontext():
+      features = self.backbone(images, train=train)
+      outputs = {}
+      for spec in self.heads:
+        if spec.train_only and not train:
+          continue
+        inputs = [outputs[name] for name in spec.reads_outputs]
+        x = head_input(features, spec)
+        if x is not None:
+          inputs.insert(0, x)
+        pools = valid is not None and getattr(spec.module, 'pools_over_positions', False)
+        head = spec.module.clone(parent=self, name=spec.name)
+        result = head(*inputs, train=train, **({'valid': valid} if pools else {}))
+        if not isinstance(result, dict):
+          result = {spec.local_outputs[0]: result}
+        published = dict(zip(spec.local_outputs, spec.outputs))
+        outputs.update({published[local]: value for local, value in result.items()})
+      if 'logits' not in outputs:
+        raise ValueError(f'no head published "logits"; outputs are {sorted(outputs)}')
+      outputs = {name: value.astype(jnp.float32) for name, value in outputs.items()}
+      if train:
+        outputs[STAGE_FEATURES] = tuple(features)
+      return outputs
 
 
 def classifier_input(model: Segmentor, intermediates: dict) -> jax.Array:

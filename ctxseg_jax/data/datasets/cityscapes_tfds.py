@@ -127,6 +127,10 @@ class CityscapesTfdsSource:
                            f'{raw.shape[1]}x{raw.shape[0]}; {fix}')
     return {'image': image, 'label': self._label_map.apply(raw, where, self.info), 'name': image_id}
 
+  def sample_size(self, index: int) -> tuple[int, int]:
+    """The (h, w) of sample `index`, from its encoded image's header."""
+    return files.header_size(self.sample_name(index), self._records[int(index)]['image_left'])
+
   def encoded_image(self, index: int) -> bytes:
     """The image's PNG bytes as TFDS stored them (for packing without re-encoding)."""
     return bytes(self._records[int(index)]['image_left'])

@@ -101,6 +101,19 @@ def decode(path: str) -> Image.Image:
                                   'together with its image/label partner')
 
 
+def header_size(path: str, data: bytes | None = None,
+                fix: str = 'the file is corrupt or truncated: re-create or re-download it, or remove it'
+                ) -> tuple[int, int]:
+  """The (h, w) of an image file (or of its encoded bytes `data`), read from its header without decoding the
+  pixels; raises DataError naming `path` and `fix`."""
+  try:
+    with (io.BytesIO(data) if data is not None else epath.Path(path).open('rb')) as f:
+      width, height = Image.open(f).size
+  except OSError as e:  # UnidentifiedImageError included
+    raise base.DataError(f'{path}: cannot read the image header ({e}); {fix}') from e
+  return height, width
+
+
 def rgb_array(image: Image.Image) -> np.ndarray:
   """uint8 (H, W, 3) RGB pixels of a decoded image of any mode."""
   return np.asarray(image if image.mode == 'RGB' else image.convert('RGB'), dtype=np.uint8)
@@ -217,14 +230,7 @@ class FilePairSource:
 
   def sample_size(self, index: int) -> tuple[int, int]:
     """The (h, w) of image `index`, from its file's header (the pixels are not decoded)."""
-    path = self.pairs[int(index)].image
-    try:
-      with epath.Path(path).open('rb') as f:
-        width, height = Image.open(f).size
-    except OSError as e:  # UnidentifiedImageError included
-      raise base.DataError(f'{path}: cannot read the image header ({e}); the file is corrupt or truncated: '
-                           're-create or re-download it, or remove it together with its label') from e
-    return height, width
+    return header_size(self.pairs[int(index)].image)
 
   def encoded_image(self, index: int) -> bytes:
     """The image file's bytes as stored (for packing without re-encoding)."""

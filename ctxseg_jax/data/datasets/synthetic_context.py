@@ -305,6 +305,10 @@ class SyntheticContextSource:
   def sample_name(self, index: int) -> str:
     return f'{self.info.name}/{self.split}/{int(index)}'
 
+  def sample_size(self, index: int) -> tuple[int, int]:
+    del index
+    return self.image_size, self.image_size
+
   def __repr__(self) -> str:
     return (f'SyntheticContextSource(split={self.split!r}, num_samples={self.num_samples}, '
             f'image_size={self.image_size}, seed={self.seed})')

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ctxseg_jax import settings
-from ctxseg_jax.models.layers.conv import KAIMING_FAN_OUT, ConvBNReLU, Initializer, batch_norm, conv2d
+from ctxseg_jax.models.layers.conv import KAIMING_FAN_OUT, ConvBNReLU, Initializer, MaxPool, batch_norm, conv2d
 from ctxseg_jax.settings import Setting
 
 Dtype = Any
@@ -89,8 +89,7 @@ class Stem(nn.Module):
     for i, width in enumerate(widths):
       x = ConvBNReLU(width, kernel, stride=2 if i == 0 else 1, dtype=self.dtype, name=f'conv{i + 1}')(
           x, train=train)
-    # Flax pads pooling windows with the reduction's identity (-inf), as PyTorch MaxPool2d does.
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return MaxPool(3, 2, 1, name='maxpool')(x)
 
 
 class BasicBlock(nn.Module):

@@ -140,3 +140,18 @@ class ConvBNReLU(nn.Module):
                dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init, name='conv')(x)
     x = batch_norm(train=train, dtype=self.dtype, name='bn')(x)
     return nn.relu(x) if self.activate else x
+
+
+class MaxPool(nn.Module):
+  """PyTorch MaxPool2d(window, stride, padding): the windows padded with -inf, as Flax pads a max reduction.
+
+  A module rather than a call of nn.max_pool so that evaluation of a padded batch can zero the padding before it,
+  as before every convolution (layers.valid_region)."""
+  window: int = 3
+  stride: int = 2
+  padding: int = 1
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H', W', C)."""
+    pad = ((self.padding, self.padding),) * 2
+    return nn.max_pool(x, (self.window,) * 2, strides=(self.stride,) * 2, padding=pad)

@@ -1,17 +1,29 @@
 """Where each image lies inside a padded batch, at any feature resolution, and pooling restricted to it.
 
 Evaluation batches hold images of different sizes, each at the top-left of a shared canvas, the rest padding.
-A network run on the image alone at its own size would never see that padding. Convolutions only see it near
-the image's bottom and right borders, but global pooling (EncNet's Encoding layer, ASPP's image pooling, OCR's
-soft region gather) would average over all of it; restricted to the image's region, pooling gives what the image
-alone gives. `valid_size` is the image's (h, w) in input pixels.
+A network run on the image alone at its own size never sees that padding: its convolutions and max pools see
+zero (or -inf) padding past the image's border, and its global pooling (EncNet's Encoding layer, ASPP's image
+pooling, OCR's soft region gather) averages the image's own positions. Here:
+- `zero_padding`: zeros the padding of the input of every operation that looks at neighbours (convolutions with
+  a kernel larger than 1x1, max pools), so each sees at the border what the image alone sees. Convolutions
+  start at the top-left, so a canvas whose sides are multiples of the network's stride keeps every valid
+  position where the image alone has it; a max pool after a ReLU sees zeros where it would see -inf, and every
+  window holds a valid, non-negative value, so the maximum is the same.
+- the pooling heads pool over `ValidRegion.mask` only.
+With both, a ResNet segmentor (FCN, DeepLabV3, EncNet without lateral connections) gives each image of a padded
+batch its own logits, to float rounding. Bilinear resizes inside a network (HRNet's fusion, EncNet's lateral
+connections) resize the padded map, so near the border they differ slightly from the image alone.
+`valid_size` is the image's (h, w) in input pixels.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ctxseg_jax.models.layers.conv import MaxPool
 
 
 def valid_positions(valid_size: jax.Array, input_shape: tuple[int, int],
@@ -23,13 +35,16 @@ def valid_positions(valid_size: jax.Array, input_shape: tuple[int, int],
   layers give (ResNet's and HRNet's 3x3 stride-2 convolutions with padding 1, the max pool, the 1x1 stride-2
   shortcut: each maps n to ceil(n / 2)), exactly when H and W are multiples of s.
   """
-  extents = []
-  for axis in (0, 1):
-    size, full = feature_shape[axis], input_shape[axis]
-    extents.append((valid_size[:, axis] * size + full - 1) // full)  # ceil(v * h / H), in integers
-  rows = jnp.arange(feature_shape[0])[None, :] < extents[0][:, None]
-  cols = jnp.arange(feature_shape[1])[None, :] < extents[1][:, None]
+  extents = valid_extent(valid_size, input_shape, feature_shape)
+  rows = jnp.arange(feature_shape[0])[None, :] < extents[:, :1]
+  cols = jnp.arange(feature_shape[1])[None, :] < extents[:, 1:]
   return rows[:, :, None] & cols[:, None, :]
+
+
+def valid_extent(valid_size: jax.Array, input_shape: tuple[int, int], feature_shape: tuple[int, int]) -> jax.Array:
+  """int (B, 2): the (h, w) each image's valid_size region covers in a map of feature_shape (valid_positions)."""
+  full = jnp.asarray(input_shape)
+  return (valid_size * jnp.asarray(feature_shape) + full - 1) // full  # ceil(v * h / H), in integers
 
 
 def masked_mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -57,3 +72,23 @@ class ValidRegion(NamedTuple):
 def mask_of(valid: ValidRegion | None, x: jax.Array) -> jax.Array | None:
   """valid.mask(x), or None without a region (every position counts)."""
   return None if valid is None else valid.mask(x)
+
+
+def looks_at_neighbours(module: nn.Module) -> bool:
+  """Whether a module's output at a position depends on the input at other positions: a convolution with a
+  kernel larger than 1x1, or a max pool."""
+  if isinstance(module, nn.Conv):
+    size = module.kernel_size
+    return any(k > 1 for k in ((size,) if isinstance(size, int) else size))
+  return isinstance(module, MaxPool)
+
+
+def zero_padding(valid: ValidRegion) -> Callable:
+  """A Flax method interceptor (nn.intercept_methods) that zeros the input of every module that looks at
+  neighbours outside each image's region (see the module docstring)."""
+  def interceptor(next_fun, args, kwargs, context):
+    if context.method_name == '__call__' and looks_at_neighbours(context.module):
+      x = args[0]
+      args = (jnp.where(valid.mask(x)[..., None], x, jnp.zeros((), x.dtype)), *args[1:])
+    return next_fun(*args, **kwargs)
+  return interceptor

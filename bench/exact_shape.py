@@ -10,8 +10,9 @@ Reported per way: argmax agreement with `exact` over all pixels (%), the largest
 scores (logits at the original size), the number of compiled programs (distinct batch shapes), the share of the
 batches' pixels that are padding, and the wall time of the pass (compilation included).
 
-The split: `--images` crops of random sizes (64..`--max_size` pixels a side) of synthetic context scenes,
-evaluated without resize (eval_scale (0, 0)) at eval_size (max_size, max_size). The model is the config's, with
+The split: `--images` crops of random sizes (64..`--max_size` pixels a side) of synthetic context scenes, each
+resized for evaluation to a short side of `--short` pixels (keep-ratio eval_scale (2 short, short), as ADE20K's
+(2048, 512)) within eval_size (2 short, 2 short). The model is the config's, with
 the weights of the latest checkpoint of --workdir (e.g. a finished run of configs/demo.py) or, without one, its
 random initialisation.
 
@@ -75,7 +76,7 @@ def predictions(config, variables, source) -> tuple[dict[int, np.ndarray], int, 
   out, shapes, canvas_pixels, image_pixels = {}, set(), 0, 0
   for host_batch in batches:
     canvas_pixels += int(np.prod(host_batch['image'].shape[:3]))
-    image_pixels += int(np.prod(host_batch['image_size'], axis=1).sum())
+    image_pixels += int((np.prod(host_batch['image_size'], axis=1) * (host_batch['index'] < len(source))).sum())
     batch = parallel.to_global(host_batch, exp.mesh)
     shape = tuple(host_batch['label'].shape[1:3])
     shapes.add((tuple(host_batch['image'].shape[1:3]), shape))
@@ -98,14 +99,16 @@ def main() -> None:
   parser.add_argument('--workdir', default='', help='run whose latest checkpoint gives the weights')
   parser.add_argument('--images', type=int, default=48)
   parser.add_argument('--max_size', type=int, default=160)
+  parser.add_argument('--short', type=int, default=96, help='short side of the eval resize')
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--buckets', default='16,32,64')
   parser.add_argument('--out', default='')
   args = parser.parse_args()
 
   base = harness.load_config(args.config)
-  base.data.eval_scale = (0, 0)
-  base.data.eval_size = base.data.eval_label_size = (args.max_size, args.max_size)
+  base.data.eval_scale = (2 * args.short, args.short)
+  base.data.eval_size = (2 * args.short, 2 * args.short)
+  base.data.eval_label_size = (args.max_size, args.max_size)
   base.eval.batch_size = args.batch_size
   exp = experiment.build(base)
   if args.workdir:
@@ -137,7 +140,9 @@ def main() -> None:
     print(f'{name:>14}: agreement {row["argmax_agreement_pct"]:8.4f} %  max |dscore| {row["max_abs_score_diff"]:.2e}'
           f'  programs {programs:3d}  padding {padding:5.1f} %  {seconds:6.1f} s', flush=True)
   report = {'config': args.config, 'weights': weights, 'images': args.images, 'max_size': args.max_size,
+            'short': args.short,
             'batch_size': args.batch_size, 'distinct_sizes': len({s['image'].shape[:2] for s in source.samples}),
+            'device': jax.devices()[0].device_kind,
             'results': results}
   if args.out:
     Path(args.out).write_text(json.dumps(report, indent=2) + '\n')

@@ -7,6 +7,7 @@ interrupted run ends where an uninterrupted one does.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -60,6 +61,18 @@ class _Preemption:
   def __exit__(self, *exc):
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
+
+  @contextlib.contextmanager
+  def stops_a_failure(self, saved: bool):
+    """Turns a failure inside into _StoppedBySignal when a stop signal came first and the step is saved (`saved`):
+    a signal to the process group also reaches data workers that are still starting (a run's first batch, each
+    evaluation's workers) and may not ignore it yet (pipeline._init_worker), so the pipeline fails with them."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      if saved and self.requested.is_set():
+        raise _StoppedBySignal() from e
+      raise
 
   def reached(self, checkpointer: Checkpointer, step: int) -> bool:
     if jax.process_count() > 1:  # every host must agree on the step: use the coordination service
@@ -125,16 +138,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
         progress.fetch()
         if step != last_saved:
           checkpointer.save(step, state, data_iter, config, data_stream=data_stream)
-        checkpointer.wait()
-        name = preemption.signal_name or 'SIGTERM'
-        what = 'Interrupted' if name == 'SIGINT' else 'Preempted'
-        if checkpointer.latest_step() is None:
-          reporting.console(f'{what} ({name}) before the first step; nothing to save; exiting.')
-        else:
-          reporting.console(f'{what} ({name}): saved step {step} to {checkpointer.directory}; exiting. Run the '
-                            'same command to resume.')
+        _report_stop(preemption, checkpointer)
         return {}
-      batch = parallel.to_global(next(data_iter), mesh)
+      with preemption.stops_a_failure(step == last_saved):
+        host_batch = next(data_iter)
+      batch = parallel.to_global(host_batch, mesh)
       if step == start_step:
         compile_start = time.time()
         state, step_metrics = exp.train_step(state, batch)
@@ -162,10 +170,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
         checkpointer.save(step, state, data_iter, config, data_stream=data_stream)
         last_saved = step
       if do_eval:
-        results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
+        with preemption.stops_a_failure(step == last_saved):
+          results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
         checkpointer.record_metrics(step, {'miou': results['miou']})  # ranks the checkpoint for retention
         evaluator.report(step, results, writer)
         progress.restart_clock()
+  except _StoppedBySignal:
+    _report_stop(preemption, checkpointer)
+    return {}
   finally:
     pipeline.close(data_iter)
     try:
@@ -174,6 +186,23 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
       checkpointer.close()
       writer.close()
   return results
+
+
+class _StoppedBySignal(Exception):
+  """A failure that a stop signal caused, at a step already saved (_Preemption.stops_a_failure)."""
+
+
+def _report_stop(preemption: _Preemption, checkpointer: Checkpointer) -> None:
+  """The line a run stopped by a signal ends with, once its checkpoint is written."""
+  checkpointer.wait()
+  name = preemption.signal_name or 'SIGTERM'
+  what = 'Interrupted' if name == 'SIGINT' else 'Preempted'
+  last = checkpointer.latest_step()
+  if last is None:
+    reporting.console(f'{what} ({name}) before the first step; nothing to save; exiting.')
+  else:
+    reporting.console(f'{what} ({name}): saved step {last} to {checkpointer.directory}; exiting. Run the same '
+                      'command to resume.')
 
 
 # Keys whose change would make the saved data iterator position or the step mean something else: the stream's

@@ -87,14 +87,14 @@ def test_bucketed_plan_puts_every_image_once_in_batches_no_smaller_than_its_roun
   rng = np.random.default_rng(2)
   originals = rng.integers(10, 90, size=(23, 2))
   resized = originals // 2 + 1
-  plan = eval_plan.bucketed_plan(originals, resized, global_batch=4, bucket=8)
+  bounds = (46, 46), (89, 89)  # hold every resized and original size, and are not multiples of the bucket
+  plan = eval_plan.bucketed_plan(originals, resized, 4, 8, *bounds)
   assert plan.num_batches == 6 and sorted(plan.order.tolist()) == list(range(24))  # 23 images + 1 padding
   for b in range(plan.num_batches):
-    for index in plan.order[b * 4:(b + 1) * 4]:
-      if index < 23:
-        assert all(c >= r for c, r in zip(plan.image_canvases[b], eval_plan.round_up(resized[index], 8)))
-        assert all(c >= r for c, r in zip(plan.label_canvases[b], eval_plan.round_up(originals[index], 8)))
-    assert all(c % 8 == 0 for c in plan.image_canvases[b] + plan.label_canvases[b])
+    for canvas, sizes, bound in ((plan.image_canvases[b], resized, bounds[0]),
+                                 (plan.label_canvases[b], originals, bounds[1])):
+      members = [eval_plan.round_up(sizes[i], 8) for i in plan.order[b * 4:(b + 1) * 4] if i < 23]
+      assert canvas == tuple(min(max(m[a] for m in members), bound[a]) for a in (0, 1))
   rounded = [eval_plan.round_up(resized[i], 8) for i in plan.order[:23]]
   assert rounded == sorted(rounded)  # similar sizes side by side
   assert len(plan.shapes()) <= len({tuple(r) for r in rounded})

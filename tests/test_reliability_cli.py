@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -72,6 +73,43 @@ def test_signal_to_the_process_group_with_workers_saves_and_resumes(tmp_path, si
                  '--config.data.worker_count=1')
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'Resumed from step {saved}' in resumed.stdout
+
+
+def _spawned_children(pid):
+  """The pids of the processes `pid` started with multiprocessing's spawn (grain's data workers)."""
+  children = []
+  for entry in os.listdir('/proc'):
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        parent = int(f.read().rsplit(')', 1)[1].split()[1])
+      with open(f'/proc/{entry}/cmdline', 'rb') as f:
+        spawned = b'spawn_main' in f.read()
+    except (OSError, ValueError, IndexError):
+      continue
+    if parent == pid and spawned:
+      children.append(int(entry))
+  return children
+
+
+def test_signal_to_the_process_group_while_data_workers_start_stops_cleanly(tmp_path):
+  """SIGTERM to the group the moment the data workers exist, before they can ignore it (they are still importing
+  modules): the workers die with it, and the trainer says it stopped, exit 0, no traceback."""
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'ctxseg_jax.main', *TINY, '--workdir', str(tmp_path), '--config.train.steps=400',
+       '--config.data.worker_count=2'],
+      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    deadline = time.monotonic() + 120
+    while not _spawned_children(process.pid) and process.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+  assert process.returncode == 0, err[-3000:]
+  assert 'Traceback' not in err, err[-3000:]
+  assert 'Preempted (SIGTERM)' in out, out[-2000:]
 
 
 @pytest.fixture(scope='module')

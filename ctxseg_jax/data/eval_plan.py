@@ -62,20 +62,24 @@ def sequential_plan(length: int, global_batch: int) -> EvalPlan:
   return EvalPlan(np.arange(num_batches * global_batch), global_batch)
 
 
-def bucketed_plan(original_sizes: np.ndarray, resized_sizes: np.ndarray, global_batch: int, bucket: int) -> EvalPlan:
+def bucketed_plan(original_sizes: np.ndarray, resized_sizes: np.ndarray, global_batch: int, bucket: int,
+                  image_bound: Shape | None = None, label_bound: Shape | None = None) -> EvalPlan:
   """Images ordered by their resized size rounded up to `bucket`, each batch padded to its images' largest rounded
-  resized size (image canvas) and largest rounded original size (label canvas).
+  resized size (image canvas) and largest rounded original size (label canvas), each side at most its bound
+  (data.eval_size and the eval label size, which hold every image: rounding never pads past them).
 
   Args:
     original_sizes: int (N, 2), each image's (h, w).
     resized_sizes: int (N, 2), its (h, w) after the eval resize.
   """
   length = len(original_sizes)
-  rounded = np.asarray([round_up(s, bucket) for s in resized_sizes], np.int64).reshape(-1, 2)
+  image_bound = image_bound or (np.iinfo(np.int64).max,) * 2
+  label_bound = label_bound or (np.iinfo(np.int64).max,) * 2
+  rounded = np.minimum([round_up(s, bucket) for s in resized_sizes], image_bound).reshape(-1, 2)
   order = np.lexsort((np.arange(length), rounded[:, 1], rounded[:, 0]))  # by rounded (h, w), then split order
   num_batches = -(-length // global_batch)
   padded = np.concatenate([order, np.arange(length, num_batches * global_batch)])
-  labels = np.asarray([round_up(s, bucket) for s in original_sizes], np.int64).reshape(-1, 2)
+  labels = np.minimum([round_up(s, bucket) for s in original_sizes], label_bound).reshape(-1, 2)
   image_canvases, label_canvases = [], []
   for b in range(num_batches):
     members = order[b * global_batch:(b + 1) * global_batch]
@@ -102,4 +106,5 @@ def plan(source: SegmentationSource, data_config: ml_collections.ConfigDict, glo
   originals = np.asarray([sample_size(source, i) for i in range(len(source))], np.int64).reshape(-1, 2)
   resized = np.asarray([transforms.eval_rescale_size(h, w, tuple(data_config.eval_scale)) for h, w in originals],
                        np.int64).reshape(-1, 2)
-  return bucketed_plan(originals, resized, global_batch, bucket)
+  return bucketed_plan(originals, resized, global_batch, bucket, tuple(data_config.eval_size),
+                       transforms.eval_label_size(data_config))

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from ctxseg_jax.data import transforms
-from ctxseg_jax.models.layers.resize import resize_bilinear, resize_bilinear_regions
-from ctxseg_jax.models.layers.valid_region import valid_extent
+from ctxseg_jax.models.layers.resize import resize_bilinear_regions
+from ctxseg_jax.models.layers.valid_region import ValidRegion, resize_within
 from ctxseg_jax.models.segmentor import Segmentor, classifier_input
 from ctxseg_jax.ops import sliding_window
 
@@ -60,12 +60,10 @@ def image_region(image_size: jax.Array, config: ml_collections.ConfigDict) -> ja
 def logits_at_input_size(logits: jax.Array, input_shape: tuple[int, int], valid_size: jax.Array | None,
                          align_corners: bool) -> jax.Array:
   """(B, h, w, K) logits -> (B, *input_shape, K), bilinear: the whole map to the whole input, or with valid_size
-  (int (B, 2)) each image's region of the map (layers.valid_region.valid_extent) to its region of the input, as
-  the image alone at its own size would be resized (the rest of the output is padding)."""
-  if valid_size is None:
-    return resize_bilinear(logits, input_shape, align_corners)
-  extents = valid_extent(valid_size, input_shape, logits.shape[1:3])
-  return resize_bilinear_regions(logits, extents, valid_size, input_shape, align_corners)
+  (int (B, 2)) each image's region of the map to its region of the input, as the image alone at its own size
+  would be resized (layers.valid_region.resize_within; the rest of the output is padding)."""
+  valid = None if valid_size is None else ValidRegion(valid_size, input_shape)
+  return resize_within(logits, input_shape, valid, align_corners)
 
 
 def predict_logits_and_features(variables: dict, images: jax.Array, *, model: Segmentor,

@@ -9,7 +9,7 @@ from ctxseg_jax.data import eval_plan, pipeline
 from ctxseg_jax.models import build_model
 from ctxseg_jax.models.heads import HEADS, aspp, encnet, ocr
 from ctxseg_jax.models.layers.valid_region import ValidRegion, masked_mean, valid_positions
-from tests.tiny_config import get_config, tiny_model_config, use_encnet
+from tests.tiny_config import get_config, tiny_model_config, use_encnet, use_ocrnet
 
 SIZES = ((5, 7), (8, 8), (3, 6))  # (h, w) of each image's feature map inside an 8x8 canvas
 
@@ -173,3 +173,23 @@ def test_a_resnet_segmentor_gives_each_image_of_a_padded_batch_its_own_logits(ki
     np.testing.assert_allclose(np.asarray(masked[i, :h, :w]), own, rtol=1e-4, atol=1e-4)
     differs |= not np.allclose(np.asarray(unmasked[i, :h, :w]), own, rtol=1e-4, atol=1e-4)
   assert differs
+
+
+def test_hrnet_ocr_gives_each_image_of_a_padded_batch_its_own_logits():
+  """HRNet resizes its lower branches inside the network and the OCR head concatenates resized stages: within
+  each image's region, as the image alone, its logits are its own (canvas 64, a multiple of HRNet's stride 32)."""
+  config = use_ocrnet(get_config())
+  model = build_model(config.model, 5)
+  sizes = ((45, 27), (64, 64), (33, 50))
+  rng = np.random.default_rng(4)
+  alone = [rng.normal(size=(h, w, 3)).astype(np.float32) for h, w in sizes]
+  padded = np.full((len(sizes), 64, 64, 3), 0.7, np.float32)
+  for i, x in enumerate(alone):
+    padded[i, :x.shape[0], :x.shape[1]] = x
+  variables = model.init(jax.random.key(0), jnp.asarray(padded), train=False)
+  masked = model.apply(variables, jnp.asarray(padded), train=False, valid_size=jnp.asarray(sizes))['logits']
+  for i, x in enumerate(alone):
+    own = np.asarray(model.apply(variables, jnp.asarray(x[None]), train=False)['logits'][0])
+    h, w = own.shape[:2]
+    scale = np.abs(own).max()
+    np.testing.assert_allclose(np.asarray(masked[i, :h, :w]) / scale, own / scale, atol=1e-5)

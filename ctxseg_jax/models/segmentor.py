@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ctxseg_jax.models.heads.fcn import CLASSIFIER_INPUT
-from ctxseg_jax.models.layers.resize import resize_bilinear
-from ctxseg_jax.models.layers.valid_region import ValidRegion, zero_padding
+from ctxseg_jax.models.layers.valid_region import ValidRegion, resize_within, zero_padding
 
 INPUT_TRANSFORMS = ('select', 'resize_concat')
 STAGE_FEATURES = 'stage_features'
@@ -52,14 +51,16 @@ class HeadSpec:
   outputs: tuple[str, ...] = ('logits',)
 
 
-def head_input(features: Sequence[jax.Array], spec: HeadSpec) -> jax.Array | list[jax.Array] | None:
-  """The backbone features `spec` reads, shaped as its input_transform says (None when it reads no stage)."""
+def head_input(features: Sequence[jax.Array], spec: HeadSpec,
+               valid: ValidRegion | None = None) -> jax.Array | list[jax.Array] | None:
+  """The backbone features `spec` reads, shaped as its input_transform says (None when it reads no stage); with
+  `valid`, resized within each image's region (layers.valid_region)."""
   selected = [features[i] for i in spec.reads]
   if not selected:
     return None
   if spec.input_transform == 'resize_concat':
     size = selected[0].shape[1:3]
-    return jnp.concatenate([resize_bilinear(x, size, align_corners=spec.align_corners) for x in selected], axis=-1)
+    return jnp.concatenate([resize_within(x, size, valid, spec.align_corners) for x in selected], axis=-1)
   return selected[0] if len(selected) == 1 else selected
 
 
@@ -86,24 +87,23 @@ class Segmentor(nn.Module):
     """(B, H, W, 3) normalised float images -> dict of named outputs (see the class docstring).
 
     valid_size: optional int (B, 2), each image's (h, w) at the top-left of `images`, the rest padding. Every
-    convolution and max pool then sees zeros in the padding, and heads that pool over positions
-    (`pools_over_positions`: EncNet's Encoding layer, ASPP's image pooling, OCR's region gather) pool over each
-    image's region only, as on the image alone (layers.valid_region).
+    convolution and max pool then sees zeros in the padding, and the backbone and heads that pool or resize
+    (`takes_valid_region`: EncNet's Encoding layer and lateral connections, ASPP's image pooling, OCR's region
+    gather, HRNet's fusion) do so within each image's region, as on the image alone (layers.valid_region).
     """
     valid = None if valid_size is None else ValidRegion(valid_size, images.shape[1:3])
     with nn.intercept_methods(zero_padding(valid)) if valid is not None else contextlib.nullcontext():
-      features = self.backbone(images, train=train)
+      features = self.backbone(images, train=train, **_region_argument(self.backbone, valid))
       outputs = {}
       for spec in self.heads:
         if spec.train_only and not train:
           continue
         inputs = [outputs[name] for name in spec.reads_outputs]
-        x = head_input(features, spec)
+        x = head_input(features, spec, valid)
         if x is not None:
           inputs.insert(0, x)
-        pools = valid is not None and getattr(spec.module, 'pools_over_positions', False)
         head = spec.module.clone(parent=self, name=spec.name)
-        result = head(*inputs, train=train, **({'valid': valid} if pools else {}))
+        result = head(*inputs, train=train, **_region_argument(head, valid))
         if not isinstance(result, dict):
           result = {spec.local_outputs[0]: result}
         published = dict(zip(spec.local_outputs, spec.outputs))
@@ -114,6 +114,11 @@ class Segmentor(nn.Module):
       if train:
         outputs[STAGE_FEATURES] = tuple(features)
       return outputs
+
+
+def _region_argument(module: nn.Module, valid: ValidRegion | None) -> dict:
+  """{'valid': valid} for a module that takes a ValidRegion (layers.valid_region), else {}."""
+  return {'valid': valid} if valid is not None and getattr(module, 'takes_valid_region', False) else {}
 
 
 def classifier_input(model: Segmentor, intermediates: dict) -> jax.Array:

@@ -19,7 +19,7 @@ Parameter names follow the reference modules' structure (`stage3_2/branch1_0/con
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from ctxseg_jax import settings
 from ctxseg_jax.models.backbones.resnet import BasicBlock, Bottleneck
 from ctxseg_jax.models.layers.conv import KAIMING_FAN_OUT, ConvBNReLU, Initializer
-from ctxseg_jax.models.layers.resize import resize_bilinear
+from ctxseg_jax.models.layers.valid_region import ValidRegion, resize_within
 from ctxseg_jax.settings import Setting
 
 Dtype = Any
@@ -68,8 +68,10 @@ class FusionModule(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, branches: Sequence[jax.Array], *, train: bool) -> list[jax.Array]:
-    """Branches [(B, H / 2**i, W / 2**i, widths[i])] -> fused branches of the same shapes."""
+  def __call__(self, branches: Sequence[jax.Array], *, train: bool,
+               valid: ValidRegion | None = None) -> list[jax.Array]:
+    """Branches [(B, H / 2**i, W / 2**i, widths[i])] -> fused branches of the same shapes; with `valid`, lower
+    branches are upsampled within each image's region (layers.valid_region)."""
     outs = []
     for i, (x, width) in enumerate(zip(branches, self.widths)):
       for b in range(self.num_blocks):
@@ -82,7 +84,7 @@ class FusionModule(nn.Module):
         if j > i:
           y = ConvBNReLU(self.widths[i], 1, activate=False, kernel_init=self.kernel_init, dtype=self.dtype,
                          name=f'fuse{i}_{j}')(source, train=train)
-          total = total + resize_bilinear(y, target.shape[1:3], align_corners=self.align_corners)
+          total = total + resize_within(y, target.shape[1:3], valid, self.align_corners)
         elif j < i:
           y = source
           for k in range(i - j):
@@ -110,9 +112,12 @@ class HRNet(nn.Module):
   weight_init: str = 'hrnet'
   dtype: Dtype = jnp.float32
 
+  takes_valid_region: ClassVar[bool] = True
+
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
-    """(B, H, W, 3) -> [(B, ceil(H / 4 / 2**i), ceil(W / 4 / 2**i), width * 2**i) for i in 0..3]."""
+  def __call__(self, x: jax.Array, *, train: bool, valid: ValidRegion | None = None) -> list[jax.Array]:
+    """(B, H, W, 3) -> [(B, ceil(H / 4 / 2**i), ceil(W / 4 / 2**i), width * 2**i) for i in 0..3]; `valid`: see
+    FusionModule."""
     kernel_init = INITS[self.weight_init]
     conv = lambda features, kernel, name, stride=1: ConvBNReLU(  # noqa: E731
         features, kernel, stride=stride, kernel_init=kernel_init, dtype=self.dtype, name=name)
@@ -136,7 +141,7 @@ class HRNet(nn.Module):
       branches = new_branches
       for m in range(num_modules):
         branches = FusionModule(widths, num_blocks, self.align_corners, kernel_init, dtype=self.dtype,
-                                name=f'stage{stage}_{m}')(branches, train=train)
+                                name=f'stage{stage}_{m}')(branches, train=train, valid=valid)
     return branches
 
 

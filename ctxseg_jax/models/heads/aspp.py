@@ -45,7 +45,7 @@ class ASPPHead(nn.Module):
   weight_init: str = 'mmcv'
   dtype: Dtype = jnp.float32
 
-  pools_over_positions: ClassVar[bool] = True
+  takes_valid_region: ClassVar[bool] = True
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool, valid: ValidRegion | None = None) -> jax.Array:

@@ -19,8 +19,7 @@ from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, classifier_dropout, co
 from ctxseg_jax.models.layers.conv import BN_EPSILON, BN_MOMENTUM, ConvBNReLU
 from ctxseg_jax.models.layers.encoding import Encoding
 from ctxseg_jax.models.layers.linear import torch_linear
-from ctxseg_jax.models.layers.resize import resize_bilinear
-from ctxseg_jax.models.layers.valid_region import ValidRegion, mask_of
+from ctxseg_jax.models.layers.valid_region import ValidRegion, mask_of, resize_within
 from ctxseg_jax.settings import Setting
 
 Dtype = Any
@@ -92,7 +91,7 @@ class EncHead(nn.Module):
   dropout_mode: str = 'channel'
   dtype: Dtype = jnp.float32
 
-  pools_over_positions: ClassVar[bool] = True
+  takes_valid_region: ClassVar[bool] = True
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], *, train: bool,
@@ -101,7 +100,7 @@ class EncHead(nn.Module):
 
     Returns {'logits': (B, h, w, num_classes)}, plus 'se_logits' (B, num_classes) when `train` and se_head.
     Without `lateral`, only the last input is read. `valid`: each image's region of a padded input, the only
-    positions the Encoding layer aggregates (layers.valid_region).
+    positions the Encoding layer aggregates and the lateral resizes resize (layers.valid_region).
     """
     if isinstance(features, jax.Array):
       features = [features]
@@ -112,8 +111,8 @@ class EncHead(nn.Module):
     feat = ConvBNReLU(self.channels, 3, dtype=self.dtype, name='bottleneck')(last, train=train)
     if self.lateral:
       laterals = [
-          resize_bilinear(ConvBNReLU(self.channels, 1, dtype=self.dtype, name=f'lateral_convs_{i}')(x, train=train),
-                          feat.shape[1:3], align_corners=False)
+          resize_within(ConvBNReLU(self.channels, 1, dtype=self.dtype, name=f'lateral_convs_{i}')(x, train=train),
+                        feat.shape[1:3], valid, align_corners=False)
           for i, x in enumerate(earlier)
       ]
       feat = ConvBNReLU(self.channels, 3, dtype=self.dtype, name='fusion')(

@@ -92,7 +92,7 @@ class OCRHead(nn.Module):
   weight_init: str = 'mmcv'
   dtype: Dtype = jnp.float32
 
-  pools_over_positions: ClassVar[bool] = True
+  takes_valid_region: ClassVar[bool] = True
 
   @nn.compact
   def __call__(self, x: jax.Array, region_logits: jax.Array, *, train: bool,

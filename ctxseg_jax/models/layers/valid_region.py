@@ -1,4 +1,4 @@
-"""Where each image lies inside a padded batch, at any feature resolution, and pooling restricted to it.
+"""Where each image lies inside a padded batch, at any feature resolution, and the network run as on it alone.
 
 Evaluation batches hold images of different sizes, each at the top-left of a shared canvas, the rest padding.
 A network run on the image alone at its own size never sees that padding: its convolutions and max pools see
@@ -9,11 +9,12 @@ pooling, OCR's soft region gather) averages the image's own positions. Here:
   start at the top-left, so a canvas whose sides are multiples of the network's stride keeps every valid
   position where the image alone has it; a max pool after a ReLU sees zeros where it would see -inf, and every
   window holds a valid, non-negative value, so the maximum is the same.
-- the pooling heads pool over `ValidRegion.mask` only.
-With both, a ResNet segmentor (FCN, DeepLabV3, EncNet without lateral connections) gives each image of a padded
-batch its own logits, to float rounding. Bilinear resizes inside a network (HRNet's fusion, EncNet's lateral
-connections) resize the padded map, so near the border they differ slightly from the image alone.
-`valid_size` is the image's (h, w) in input pixels.
+- modules that pool over positions pool over `ValidRegion.mask` only, and those that resize a map inside the
+  network (HRNet's fusion, the heads' concatenation of resized stages, EncNet's lateral connections) resize
+  each image's region of it to its region of the target (`resize_within`), with the scale the image alone has.
+Each image of a padded batch then gets its own logits, to float rounding, when the canvas sides are multiples of
+the network's largest stride. `valid_size` is the image's (h, w) in input pixels; a module that takes a
+ValidRegion declares `takes_valid_region = True`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ctxseg_jax.models.layers.conv import MaxPool
+from ctxseg_jax.models.layers.resize import resize_bilinear, resize_bilinear_regions
 
 
 def valid_positions(valid_size: jax.Array, input_shape: tuple[int, int],
@@ -67,6 +69,21 @@ class ValidRegion(NamedTuple):
   def mask(self, x: jax.Array) -> jax.Array:
     """bool (B, h, w): valid_positions at the resolution of (B, h, w, C) `x`."""
     return valid_positions(self.size, self.input_shape, x.shape[1:3])
+
+  def extent(self, shape: tuple[int, int]) -> jax.Array:
+    """int (B, 2): each image's (h, w) in a map of `shape` (valid_extent)."""
+    return valid_extent(self.size, self.input_shape, shape)
+
+
+def resize_within(x: jax.Array, shape: tuple[int, int], valid: ValidRegion | None,
+                  align_corners: bool) -> jax.Array:
+  """Bilinear resize of (B, h, w, C) `x` to (B, *shape, C) in x's dtype: the whole map, or with `valid` each image's
+  region of x to its region at `shape`, as the image alone resizes its own map (the rest of the output is
+  padding)."""
+  if valid is None:
+    return resize_bilinear(x, shape, align_corners)
+  resized = resize_bilinear_regions(x, valid.extent(x.shape[1:3]), valid.extent(shape), shape, align_corners)
+  return resized.astype(x.dtype)
 
 
 def mask_of(valid: ValidRegion | None, x: jax.Array) -> jax.Array | None:

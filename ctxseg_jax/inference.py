@@ -4,9 +4,10 @@ Two routes, by `transforms.resizes_on_device(config.eval)`:
 - Single-scale whole-image inference (eval.mode 'whole', scales (1.0,), no flip; the default): the host resized
   each image to data.eval_scale; one forward pass over the padded batch (`predict_logits`), logits resized to the
   input and each image's region back to its original size (`logits_at_original_size`).
-- The evaluation protocols (`protocol_scores`): the batch holds the originals; for each of eval.scales the device
-  resizes every image to its size at that scale, runs it whole or in sliding windows (eval.mode, eval.crop_size,
-  eval.stride), optionally flipped (eval.flip), and combines as the reference named by eval.combine does:
+- The evaluation protocols (`protocol_scores`): the batch holds the originals ('hrnet_520': the testval images);
+  for each of eval.scales the device resizes every image to its size at that scale, runs it whole or in sliding
+  windows (eval.mode, eval.crop_size, eval.stride), optionally flipped (eval.flip), and combines as the reference
+  named by eval.combine does:
     'mmseg'  (EncoderDecoder + SegTTAModel): windows 'shift'-placed, their logits summed and divided by the count;
              each (scale, flip) map resized to the original size; with more than one, softmax averaged.
     'hrnet'  (Cityscapes.multi_scale_inference): per window exp of the logits (with flip: of the mean of the

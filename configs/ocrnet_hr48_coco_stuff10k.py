@@ -13,10 +13,12 @@ HRNet-OCR reads its own train.lst / testval.lst of the same sizes, with the same
 the 171 classes ranked).
 Model: as configs/ocrnet_hr48_cityscapes.py, with 171 classes.
 
-Not yet reproduced here: the ImageNet-pretrained weights (weight import is planned); HRNet-OCR's sliding 520
-windows at test over the image padded to a multiple of 8 (its 520-pixel protocol, which eval.combine 'hrnet' does
-not model yet): evaluation runs the whole image with the short side resized to 520 (long side capped at 1040), logits
-upsampled with align_corners True.
+Test: HRNet-OCR's 520-pixel testval (eval.combine 'hrnet_520', as configs/ocrnet_hr48_ade20k.py), except that
+COCO-Stuff's testval crops the multiple-of-8 padding from the summed scores before resizing them to the label
+(eval.crop_fit_padding); single scale by default, ms+flip: --config.eval.scales="(0.5, 0.75, 1.0, 1.25, 1.5, 1.75,
+2.0)" --config.eval.flip=True. Testval images longer than 1040 at short side 520 are refused (data.eval_size).
+
+Not yet reproduced here: the ImageNet-pretrained weights (weight import is planned).
 
 python -m ctxseg_jax.main --config configs/ocrnet_hr48_coco_stuff10k.py --config.data.root=/data/coco_stuff10k
 """

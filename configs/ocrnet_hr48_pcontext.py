@@ -8,12 +8,14 @@ Protocol: 4 GPUs x 4 images, SyncBN, 200 epochs (62,400 iterations at batch 16),
 'aux' and 'ocr' modules) at 10x, momentum 0.9, wd 1e-4, poly 0.9 to 0; cross-entropy over valid pixels on the OCR
 logits (1.0) and the soft-region logits (0.4), align_corners True, background ignored; train rescale of the long side
 to 520 x (0.5 + k / 10), k in 0..16, random 520x520 crop, flip, cv2 resizing.
+Test: HRNet-OCR's 520-pixel testval (eval.combine 'hrnet_520', as configs/ocrnet_hr48_ade20k.py), single scale by
+default; the target's multi-scale + flip: --config.eval.scales="(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)"
+--config.eval.flip=True. (The testval resize to short side 520 with multiple-of-8 padding follows the branch's
+ADE20K and COCO-Stuff datasets; the master branch's PASCAL-Context runs the original image:
+--config.eval.short_side=0 --config.eval.fit_stride=1.)
 Model: as configs/ocrnet_hr48_cityscapes.py, with 59 classes.
 
-Not yet reproduced here: the ImageNet-pretrained weights (weight import is planned); the multi-scale + flip test
-of the target (HRNet-OCR's 520-pixel protocol: scales 0.5..2.0 of the short side, the image padded to a multiple of 8,
-sliding 520 windows, which eval.combine 'hrnet' does not model yet): evaluation runs the whole image with the short
-side resized to 520 (long side capped at 1040), single scale, logits upsampled with align_corners True.
+Not yet reproduced here: the ImageNet-pretrained weights (weight import is planned).
 
 python -m ctxseg_jax.main --config configs/ocrnet_hr48_pcontext.py --config.data.root=/data/VOCdevkit/VOC2010
 """

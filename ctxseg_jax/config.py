@@ -121,8 +121,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.scales = (1.0,)              # multi-scale: factors of each protocol's scale-1 size (eval.combine)
   c.eval.flip = False                 # also the horizontally mirrored image, combined as eval.combine says
   c.eval.combine = 'mmseg'            # whose protocol: 'mmseg' (mean softmax over scales and flips), 'hrnet' (sum
-                                      # of exp(logits), whole image at scales <= 1), 'pte' (PyTorch-Encoding: sum of
+                                      # of exp(logits), whole image at scales <= 1), 'hrnet_520' (HRNet-OCR's
+                                      # ADE20K/PASCAL-Context/COCO-Stuff testval: as 'hrnet', of the image resized to
+                                      # short side eval.short_side, windows padded), 'pte' (PyTorch-Encoding: sum of
                                       # exp(logits + mirrored logits), windows padded, align_corners True)
+  c.eval.short_side = 0               # 'hrnet_520': the testval image's short side (0: the original image)
+  c.eval.fit_stride = 1               # 'hrnet_520': the testval image padded (mean colour) to a multiple of this
+  c.eval.crop_fit_padding = False     # 'hrnet_520': that padding cropped from the scores before their resize to
+                                      # the original size (HRNet-OCR's COCO-Stuff), else resized with them
   c.eval.windows_per_pass = 16        # windows (of all images of the batch) per forward pass: bounds memory
   c.eval.image_regions = True         # in a padded batch, each image is scored as if alone at its own size (as the
                                       # references run it): convolutions and max pools see zeros past its border,
@@ -251,6 +257,19 @@ def _eval_protocol_problems(settings: ml_collections.ConfigDict) -> list[str]:
   if not (isinstance(widths, (tuple, list)) and all(isinstance(w, int) and w > 0 for w in widths)):
     return [f'config.eval.boundary_px={widths!r} must be a tuple of positive pixel widths, e.g. '
             '--config.eval.boundary_px="(3, 7, 10, 20)", or () for none']
+  if settings.combine != 'hrnet_520' and (settings.short_side or settings.fit_stride != 1 or settings.crop_fit_padding):
+    return [f'config.eval.short_side, fit_stride and crop_fit_padding are for eval.combine=\'hrnet_520\' only, not '
+            f'{settings.combine!r}; reset them (0, 1, False) or set --config.eval.combine=hrnet_520']
+  if not (isinstance(settings.short_side, int) and settings.short_side >= 0
+          and isinstance(settings.fit_stride, int) and settings.fit_stride > 0):
+    return [f'config.eval.short_side={settings.short_side!r} and config.eval.fit_stride={settings.fit_stride!r} must '
+            'be an int >= 0 and an int > 0, e.g. --config.eval.short_side=520 --config.eval.fit_stride=8']
+  if settings.combine == 'hrnet_520' and settings.mode != 'slide':
+    return [f'config.eval.combine=\'hrnet_520\' runs windows (once, padded to the crop, where the image fits it); '
+            f'set --config.eval.mode=slide, not {settings.mode!r}']
+  if settings.combine == 'hrnet_520' and settings.feature_metrics:
+    return ['config.eval.feature_metrics=True is not supported with config.eval.combine=\'hrnet_520\' (its scale-1 '
+            'image carries the fit padding); set --config.eval.feature_metrics=False']
   if settings.feature_metrics and transforms.resizes_on_device(settings) and 1.0 not in scales:
     return [f'config.eval.feature_metrics=True needs 1.0 among config.eval.scales={tuple(scales)!r}: the features '
             'are those of the whole image at scale 1']

@@ -4,14 +4,23 @@ Two routes, by `transforms.resizes_on_device(config.eval)`:
 - Single-scale whole-image inference (eval.mode 'whole', scales (1.0,), no flip; the default): the host resized
   each image to data.eval_scale; one forward pass over the padded batch (`predict_logits`), logits resized to the
   input and each image's region back to its original size (`logits_at_original_size`).
-- The evaluation protocols (`protocol_scores`): the batch holds the originals; for each of eval.scales the device
-  resizes every image to its size at that scale, runs it whole or in sliding windows (eval.mode, eval.crop_size,
-  eval.stride), optionally flipped (eval.flip), and combines as the reference named by eval.combine does:
+- The evaluation protocols (`protocol_scores`): the batch holds the originals ('hrnet_520': the testval images);
+  for each of eval.scales the device resizes every image to its size at that scale, runs it whole or in sliding
+  windows (eval.mode, eval.crop_size, eval.stride), optionally flipped (eval.flip), and combines as the reference
+  named by eval.combine does:
     'mmseg'  (EncoderDecoder + SegTTAModel): windows 'shift'-placed, their logits summed and divided by the count;
              each (scale, flip) map resized to the original size; with more than one, softmax averaged.
-    'hrnet'  (BaseDataset.multi_scale_inference): per window exp of the logits (with flip: of the mean of the
+    'hrnet'  (Cityscapes.multi_scale_inference): per window exp of the logits (with flip: of the mean of the
              window's and its mirror's logits); windows 'shift'-placed with stride eval.stride, but scales <= 1 run
              the whole image; summed over scales after resizing to the original size (eval.align_corners).
+    'hrnet_520' (HRNet-OCR's ADE20K / PASCAL-Context / COCO-Stuff testval): the host makes the testval image
+             (transforms.testval_fit: short side eval.short_side, OpenCV-like resize, padded with the mean colour
+             to a multiple of eval.fit_stride); each scale resizes that padded image (long side data.base_size x
+             scale); windows 'pad'-placed (padding of data.image_pad_value: black), so that a scale whose long side
+             fits the crop runs once, padded to the crop; per window exp of the mean of the logits and the
+             mirror's, as 'hrnet'; each scale's map resized to the padded testval size and summed; the sum
+             (its fit padding cropped first with eval.crop_fit_padding) resized to the original size; all logit
+             resizes with eval.align_corners.
     'pte'    (PyTorch-Encoding MultiEvalModule): per window exp of the logits (with flip: of their sum with the
              mirror's); windows 'pad'-placed (padding of data.image_pad_value); images resized with align_corners
              True, as every resize of that protocol is; summed over scales.
@@ -36,6 +45,7 @@ from ctxseg_jax.ops import sliding_window
 
 MODES = ('whole', 'slide')  # 'whole': the whole (padded) image in one forward pass; 'slide': crop-sized windows
 COMBINES = transforms.SCALE_RULES
+PLACEMENTS = {'mmseg': 'shift', 'hrnet': 'shift', 'hrnet_520': 'pad', 'pte': 'pad'}  # window placement per combine
 
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:
@@ -120,8 +130,8 @@ def scores_at_original_size(variables: dict, batch: dict[str, jax.Array], out_sh
     if not features:
       return scores, None
     sizes = batch['scale_sizes'][:, list(config.eval.scales).index(1.0)]
-    shape = transforms.scale_canvas(config.data.eval_size, 1.0)
-    images = scaled_images(batch['image'], batch['original_size'], sizes, shape, config)
+    shape = transforms.scale_canvas(config.data.eval_size, 1.0, config.eval.combine, config.data.base_size)
+    images = scaled_images(batch['image'], source_size(batch, config), sizes, shape, config)
     _, recorded = predict_logits_and_features(variables, images, model=model, config=config,
                                               valid_size=image_region(sizes, config))
     return scores, ClassifierFeatures(recorded, sizes, shape)
@@ -138,33 +148,57 @@ def protocol_scores(variables: dict, batch: dict[str, jax.Array], out_shape: tup
                     config: ml_collections.ConfigDict) -> jax.Array:
   """Class scores (B, *out_shape, K) at each image's original size, by the protocol of config.eval (module
   docstring), from a batch of originals {'image': uint8 (B, Lh, Lw, 3), 'image_size' = 'original_size': int
-  (B, 2), 'scale_sizes': int (B, S, 2)} (transforms.EvalPreprocess with config.eval)."""
+  (B, 2), 'scale_sizes': int (B, S, 2)} (transforms.EvalPreprocess with config.eval); for 'hrnet_520', 'image'
+  holds the testval images (B, *data.eval_size, 3) and 'image_size' their sizes before the fit padding."""
   settings = config.eval
   combine = settings.combine
   align_corners = True if combine == 'pte' else settings.align_corners
   image_flips = (False, True) if combine == 'mmseg' and settings.flip else (False,)
   entries = len(settings.scales) * len(image_flips)
+  source = source_size(batch, config)
+  # Where each scale's map goes: the original size, or ('hrnet_520') the padded testval size first.
+  testval = combine == 'hrnet_520'
+  target, target_shape = (source, tuple(config.data.eval_size)) if testval else (batch['original_size'], out_shape)
   total = None
   for index, scale in enumerate(settings.scales):
     sizes = batch['scale_sizes'][:, index]
     whole = settings.mode == 'whole' or (combine == 'hrnet' and scale <= 1)
-    canvas = transforms.scale_canvas(config.data.eval_size, scale)
+    canvas = transforms.scale_canvas(config.data.eval_size, scale, combine, config.data.base_size)
     crop = canvas if whole else tuple(settings.crop_size)
     stride = canvas if whole else tuple(settings.stride)
-    placement = 'pad' if combine == 'pte' else 'shift'
+    placement = PLACEMENTS[combine]
     extent = tuple(sliding_window.extent(canvas[a], crop[a], stride[a], placement) for a in (0, 1))
-    pixels = scaled_images(batch['image'], batch['original_size'], sizes, extent, config)
+    pixels = scaled_images(batch['image'], source, sizes, extent, config)
     for flipped in image_flips:
       images = sliding_window.flip_regions(pixels, sizes[:, 1]) if flipped else pixels
       scores = window_scores(variables, normalize(images, config.data.mean, config.data.std), sizes, canvas, crop,
                              stride, placement, model=model, config=config)
       if flipped:
         scores = sliding_window.flip_regions(scores, sizes[:, 1])
-      scores = resize_bilinear_regions(scores, sizes, batch['original_size'], out_shape, align_corners)
+      scores = resize_bilinear_regions(scores, sizes, target, target_shape, align_corners)
       if combine == 'mmseg' and entries > 1:
         scores = jax.nn.softmax(scores, axis=-1)
       total = scores if total is None else total + scores
+  if testval:
+    return testval_scores_at_original_size(total, batch, out_shape, config)
   return total / entries if combine == 'mmseg' else total
+
+
+def source_size(batch: dict[str, jax.Array], config: ml_collections.ConfigDict) -> jax.Array:
+  """int (B, 2): the top-left region of batch['image'] that each scale resizes, the original image or, for
+  'hrnet_520', the testval image with its fit padding (batch['image_size'] rounded up to eval.fit_stride)."""
+  if config.eval.combine == 'hrnet_520':
+    return transforms.fit_size(batch['image_size'], config.eval.fit_stride)
+  return batch['original_size']
+
+
+def testval_scores_at_original_size(scores: jax.Array, batch: dict[str, jax.Array], out_shape: tuple[int, int],
+                                    config: ml_collections.ConfigDict) -> jax.Array:
+  """'hrnet_520' (HRNet-OCR testval after multi_scale_inference): (B, *data.eval_size, K) scores at each padded
+  testval size (`source_size`) -> (B, *out_shape, K) at each original size, bilinear (eval.align_corners); with
+  eval.crop_fit_padding (COCO-Stuff's border_padding) from the region before the fit padding."""
+  region = batch['image_size'] if config.eval.crop_fit_padding else source_size(batch, config)
+  return resize_bilinear_regions(scores, region, batch['original_size'], out_shape, config.eval.align_corners)
 
 
 def scaled_images(images: jax.Array, original_size: jax.Array, sizes: jax.Array, shape: tuple[int, int],
@@ -172,7 +206,7 @@ def scaled_images(images: jax.Array, original_size: jax.Array, sizes: jax.Array,
   """Each original image (top-left original_size of uint8 `images`) resized bilinearly to its `sizes` at the
   top-left of a float32 (B, *shape, 3) canvas of pixel values, the rest data.image_pad_value.
 
-  'mmseg' and 'hrnet' sample as OpenCV's INTER_LINEAR does (half-pixel centres, no antialiasing), 'pte' with
+  'mmseg' and the 'hrnet' rules sample as OpenCV's INTER_LINEAR does (half-pixel centres, no antialiasing), 'pte' with
   align_corners True, as it resizes its normalised tensors. Values stay float32: OpenCV's uint8 result is rounded
   (in its own fixed point), within half a grey level of these. (Rounding here would not bring them closer, and
   would turn float32 rounding differences between equivalent formulations into whole grey levels at .5 ties.)"""
@@ -239,10 +273,10 @@ def window_scores(variables: dict, images: jax.Array, sizes: jax.Array, canvas: 
 
 def _window_transform(variables: dict, windows: jax.Array, flip_widths: jax.Array, valid_size: jax.Array | None,
                       *, model: Segmentor, config: ml_collections.ConfigDict) -> jax.Array:
-  """(P, h, w, 3) normalised windows -> (P, h, w, K) scores: 'mmseg' the logits; 'hrnet' exp of the logits (with
-  eval.flip, of the mean of the window's and its mirror's logits); 'pte' the same with the sum. Logits are resized
-  to the window bilinearly (align_corners: eval.align_corners, True for 'pte'). flip_widths int (P,): the width
-  each window is mirrored over; valid_size: see Segmentor (int (P, 2) or None)."""
+  """(P, h, w, 3) normalised windows -> (P, h, w, K) scores: 'mmseg' the logits; 'hrnet' and 'hrnet_520' exp of
+  the logits (with eval.flip, of the mean of the window's and its mirror's logits); 'pte' the same with the sum.
+  Logits are resized to the window bilinearly (align_corners: eval.align_corners, True for 'pte'). flip_widths int
+  (P,): the width each window is mirrored over; valid_size: see Segmentor (int (P, 2) or None)."""
   combine = config.eval.combine
   align_corners = True if combine == 'pte' else config.eval.align_corners
   flip = config.eval.flip and combine != 'mmseg'
@@ -256,5 +290,5 @@ def _window_transform(variables: dict, windows: jax.Array, flip_widths: jax.Arra
   if flip:
     plain, mirrored = jnp.split(logits, 2)
     mirrored = sliding_window.flip_regions(mirrored, flip_widths)
-    logits = (plain + mirrored) / 2 if combine == 'hrnet' else plain + mirrored
+    logits = plain + mirrored if combine == 'pte' else (plain + mirrored) / 2
   return jnp.exp(logits)

@@ -249,14 +249,17 @@ class Hrnet520(NamedTuple):
   lr: float
   head_lr_mult: float  # NONBACKBONE_MULT for the 'cls', 'aux' and 'ocr' modules (1: none)
   ohem: bool  # LOSS.USE_OHEM (on the main output only)
-  eval_long_cap: int  # the longest side an eval image resized to short side 520 may have here
+  eval_long_cap: int  # the longest side a testval image (short side 520, padded to a multiple of 8) may have here
   eval_label_size: tuple[int, int]  # the largest original image, where labels are scored
+  crop_fit_padding: bool  # testval crops the multiple-of-8 padding before resizing to the label (COCO-Stuff)
 
 
 HRNET_520 = {
-    'ade20k': Hrnet520(ade20k.NUM_IMAGES['train'], 120, 0.02, 1.0, True, 2080, (2048, 2048)),
-    'pascal_context_59': Hrnet520(pascal_context.NUM_IMAGES['train'], 200, 0.001, 10.0, False, 1040, (500, 500)),
-    'coco_stuff10k': Hrnet520(coco_stuff.NUM_IMAGES_10K['train2014'], 110, 0.001, 10.0, True, 1040, (640, 640)),
+    'ade20k': Hrnet520(ade20k.NUM_IMAGES['train'], 120, 0.02, 1.0, True, 2080, (2048, 2048), False),
+    'pascal_context_59': Hrnet520(pascal_context.NUM_IMAGES['train'], 200, 0.001, 10.0, False, 1040, (500, 500),
+                                  False),
+    'coco_stuff10k': Hrnet520(coco_stuff.NUM_IMAGES_10K['train2014'], 110, 0.001, 10.0, True, 1040, (640, 640),
+                              True),
 }
 
 
@@ -270,10 +273,18 @@ def hrnet_ocr_520(config: ml_collections.ConfigDict, dataset: str) -> HeadSettin
   config.data.crop_size = (520, 520)
   _hrnet_ocr_training(config, num_train=spec.num_train, batch_size=16, epochs=spec.epochs, lr=spec.lr,
                       weight_decay=1e-4, head_lr_mult=spec.head_lr_mult)
-  # testval: the short side resized to 520 (the long side capped here at eval_long_cap), scored at the original size.
-  config.data.eval_scale = (spec.eval_long_cap, 520)
+  # testval: the short side resized to 520, padded to a multiple of 8; multi_scale_inference: 520 windows every
+  # 346 (crop x 2/3); single scale, no flip (ms+flip: --config.eval.scales="(0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)"
+  # --config.eval.flip=True, the README's test).
   config.data.eval_size = (spec.eval_long_cap, spec.eval_long_cap)
   config.data.eval_label_size = spec.eval_label_size
+  config.eval.combine = 'hrnet_520'
+  config.eval.mode = 'slide'
+  config.eval.crop_size = (520, 520)
+  config.eval.stride = (346, 346)
+  config.eval.short_side = 520
+  config.eval.fit_stride = 8
+  config.eval.crop_fit_padding = spec.crop_fit_padding
   _cross_entropy(config, aux_weight=0.4, reduction='valid', align_corners=True)  # BALANCE_WEIGHTS [0.4, 1]
   if spec.ohem:  # OHEMTHRES 0.9, OHEMKEEP 131072 per replica of 4 images
     config.loss.terms.ce.reduction = 'ohem'

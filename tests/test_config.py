@@ -163,6 +163,16 @@ def _problems(config):
   return str(error.value)
 
 
+def test_hrnet_520_settings_need_their_protocol_and_windows():
+  config = config_lib.base_config()
+  config.eval.short_side = 520
+  assert "short_side, fit_stride and crop_fit_padding are for eval.combine='hrnet_520' only" in _problems(config)
+  config.eval.combine = 'hrnet_520'
+  assert 'set --config.eval.mode=slide' in _problems(config)
+  config.eval.mode, config.eval.fit_stride = 'slide', 0
+  assert 'config.eval.fit_stride=0 must be' in _problems(config)
+
+
 def test_an_output_a_head_does_not_return_with_its_settings_cannot_be_read():
   config = load('configs/demo.py')
   config.model.heads.decode_head.se_head = False  # EncHead then returns no se_logits

@@ -33,12 +33,13 @@ def test_window_origins_follow_each_reference_loop():
       assert max(expected) + crop <= sliding_window.extent(max(size, 1), crop, stride, placement)
 
 
-def _setup(combine, scales, flip, mode='slide'):
+def _setup(combine, scales, flip, mode='slide', eval_size=CANVAS, **eval_settings):
   config = get_config()
   config.eval.combine, config.eval.mode, config.eval.scales, config.eval.flip = combine, mode, scales, flip
   config.eval.crop_size, config.eval.stride = (16, 16), (11, 11)
   config.eval.windows_per_pass = 6
-  config.data.eval_size = CANVAS
+  config.eval.update(eval_settings)
+  config.data.eval_size = eval_size
   config.data.eval_label_size = CANVAS
   config.data.base_size = 40
   config.data.image_pad_value = (0, 0, 0)
@@ -108,6 +109,35 @@ def test_whole_image_scales_equal_the_reference_loop_when_the_canvas_is_the_imag
   expected = _direct(combine, exp, variables, config, image)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+# HRNet-OCR's 520-pixel testval, scaled down: short side 20 (images padded to multiples of 8: 24x32, 32x24, 24x72),
+# 16x16 windows every 10 (crop x 2/3). Long side 15 at scale 0.75 (fits the crop: one padded pass), 20 and 25 above
+# (windows; the 24x72 image is 7x20 at scale 1, smaller than the crop in height).
+@pytest.mark.parametrize('crop_fit_padding', [False, True], ids=['ade', 'coco'])
+@pytest.mark.parametrize('flip', [False, True], ids=['noflip', 'flip'])
+def test_hrnet_520_testval_scores_equal_the_reference_loop(crop_fit_padding, flip):
+  config, exp, variables = _setup('hrnet_520', (0.75, 1.0, 1.25), flip, eval_size=(32, 72), crop_size=(16, 16),
+                                  stride=(10, 10), short_side=20, fit_stride=8, crop_fit_padding=crop_fit_padding,
+                                  align_corners=True)
+  config.data.base_size = 20
+  images = _images([(29, 37), (33, 26), (12, 40)], seed=3)
+  ours = _ours(config, exp, variables, images)
+  for image, got in zip(images, ours):
+    expected = _direct('hrnet_520', exp, variables, config, image)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_hrnet_520_without_a_testval_resize_scores_the_original_like_the_reference_loop():
+  """short_side 0, fit_stride 1: multi_scale_inference on the original image, align_corners False."""
+  config, exp, variables = _setup('hrnet_520', (1.0, 1.5), True, crop_size=(16, 16), stride=(10, 10))
+  config.data.base_size = 20
+  images = _images([(29, 37), (17, 33)], seed=4)
+  for image, got in zip(images, _ours(config, exp, variables, images)):
+    expected = _direct('hrnet_520', exp, variables, config, image)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
 
 
 def test_flipped_whole_image_evaluation_is_mirror_symmetric():

@@ -48,6 +48,7 @@ def shrink(config, root):
   config.train.eval_every = 0
   config.train.checkpoint_every = 2
   config.eval.batch_size = 2
+  config.eval.short_side = data.base_size if config.eval.short_side else 0  # HRNet-OCR's testval resize
   old_crop = config.eval.crop_size
   config.eval.crop_size = tuple(data.crop_size)  # the protocol's windows, scaled like the training crop
   config.eval.stride = tuple(max(1, s * c // o) for s, c, o in zip(config.eval.stride, data.crop_size, old_crop))

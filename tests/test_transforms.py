@@ -338,3 +338,28 @@ def test_multi_scale_eval_samples_carry_originals_and_scale_sizes_and_name_a_can
   small = transforms.EvalPreprocess.from_config(config.data, config.eval)
   with pytest.raises(datasets.DataError, match=r'at scale 0.5 \(pte rule\).*config.data.eval_size=\(30, 30\) x 0.5'):
     small.map({'image': image})
+
+
+def test_hrnet_520_eval_samples_are_hrnet_testval_images_padded_with_the_mean_colour():
+  """HRNet resize_short_length: short side 520, long side int(long x 520 / short + 0.5) (a square's width counts
+  as short), padded to a multiple of 8; multi_scale_aug then sizes the long side of the padded image."""
+  assert transforms.short_side_size(375, 500, 520) == (520, 693)
+  assert transforms.short_side_size(500, 333, 520) == (781, 520)
+  assert transforms.short_side_size(40, 40, 20) == (20, 20)
+  assert transforms.testval_fit(375, 500, 520, 8) == ((520, 693), (520, 696))
+  config = config_lib.base_config()
+  config.eval.combine, config.eval.mode, config.eval.scales = 'hrnet_520', 'slide', (0.75, 1.0)
+  config.eval.short_side, config.eval.fit_stride = 20, 8
+  config.data.base_size, config.data.eval_size, config.data.eval_label_size = 20, (24, 40), (40, 40)
+  preprocess = transforms.EvalPreprocess.from_config(config.data, config.eval)
+  image = np.full((29, 37, 3), 7, np.uint8)
+  out = preprocess.map({'image': image, 'label': np.zeros((29, 37), np.uint8)})
+  assert out['image'].shape == (24, 40, 3) and (out['image'][:20, :26] == 7).all()
+  assert (out['image'][20:24, :32] == (124, 116, 104)).all() and (out['image'][:, 32:] == 0).all()
+  np.testing.assert_array_equal(out['image_size'], [20, 26])
+  np.testing.assert_array_equal(out['original_size'], [29, 37])
+  np.testing.assert_array_equal(out['scale_sizes'], [[11, 15], [15, 20]])  # of the padded 24x32
+  assert out['label'].shape == (40, 40)
+  with pytest.raises(datasets.DataError, match=r'32x24 \(HxW\) resized to short side 20 and padded to a multiple of '
+                     r'8.*set --config.data.eval_size'):
+    preprocess.map({'image': np.zeros((37, 29, 3), np.uint8)})  # 32x24 after the padding: taller than 24

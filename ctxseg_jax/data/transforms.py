@@ -184,7 +184,7 @@ def eval_rescale_size(height: int, width: int, eval_scale: tuple[int, int]) -> t
   return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
-SCALE_RULES = ('mmseg', 'hrnet', 'pte')
+SCALE_RULES = ('mmseg', 'hrnet', 'hrnet_520', 'pte')
 
 
 def scaled_size(height: int, width: int, scale: float, rule: str, *, eval_scale: tuple[int, int],
@@ -193,7 +193,8 @@ def scaled_size(height: int, width: int, scale: float, rule: str, *, eval_scale:
 
     'mmseg' (MultiScaleFlipAug): the keep-ratio eval resize to eval_scale x scale (each bound truncated, as
       int(bound * scale)); without an eval_scale, each side x scale rounded half up.
-    'hrnet' (multi_scale_aug): long side int(base_size x scale + 0.5), short side in proportion, rounded half up.
+    'hrnet' (multi_scale_aug): long side int(base_size x scale + 0.5), short side in proportion, rounded half up;
+      'hrnet_520' the same, of the testval image (`testval_fit`) rather than the original.
     'pte' (MultiEvalModule): long side ceil(base_size x scale), short side in proportion, rounded half up.
   """
   if rule == 'mmseg':
@@ -202,20 +203,47 @@ def scaled_size(height: int, width: int, scale: float, rule: str, *, eval_scale:
     return int(height * scale + 0.5), int(width * scale + 0.5)
   if rule not in SCALE_RULES:
     raise ValueError(f'scale rule {rule!r} is not supported; choose one of {list(SCALE_RULES)}')
-  long_side = int(base_size * scale + 0.5) if rule == 'hrnet' else int(math.ceil(base_size * scale))
+  long_side = int(math.ceil(base_size * scale)) if rule == 'pte' else int(base_size * scale + 0.5)
   if height > width:
     return long_side, int(width * long_side / height + 0.5)
   return int(height * long_side / width + 0.5), long_side
 
 
+def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+  """(h, w) with the short side `short_side` and the long side int(long x short_side / short + 0.5) (HRNet
+  resize_short_length: a square image's width counts as its short side); short_side 0 keeps the size."""
+  if not short_side:
+    return height, width
+  if height < width:
+    return short_side, int(width * short_side / height + 0.5)
+  return int(height * short_side / width + 0.5), short_side
+
+
+def fit_size(size, stride: int):
+  """A size rounded up to a multiple of `stride` (HRNet resize_short_length's fit_stride padding): an int, or an
+  int array (e.g. (B, 2) sizes on device)."""
+  return -(-size // stride) * stride
+
+
+def testval_fit(height: int, width: int, short_side: int, fit_stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
+  """HRNet's 520-pixel testval item for an original (height, width) image: the size it is resized to (short side
+  `short_side`, `short_side_size`) and that size padded bottom/right to a multiple of fit_stride."""
+  resized = short_side_size(height, width, short_side)
+  return resized, (fit_size(resized[0], fit_stride), fit_size(resized[1], fit_stride))
+
+
 def resizes_on_device(eval_config) -> bool:
-  """Whether evaluation resizes images on device, from the originals: for anything but single-scale, unflipped,
-  whole-image inference (which runs on the image the host resized to data.eval_scale)."""
+  """Whether evaluation resizes images on device, from the originals (or, 'hrnet_520', from its testval images):
+  for anything but single-scale, unflipped, whole-image inference (which runs on the image the host resized to
+  data.eval_scale)."""
   return eval_config.mode != 'whole' or tuple(eval_config.scales) != (1.0,) or bool(eval_config.flip)
 
 
-def scale_canvas(eval_size: tuple[int, int], scale: float) -> tuple[int, int]:
-  """The static (H, W) that holds every image of a split evaluated at `scale` (eval_size at scale 1)."""
+def scale_canvas(eval_size: tuple[int, int], scale: float, rule: str = 'mmseg', base_size: int = 0) -> tuple[int, int]:
+  """The static (H, W) that holds every image of a split evaluated at `scale`: eval_size x scale (eval_size at
+  scale 1); by the 'hrnet_520' rule, whose long side is always base_size x scale, that long side squared."""
+  if rule == 'hrnet_520':
+    return (int(base_size * scale + 0.5),) * 2
   return int(math.ceil(eval_size[0] * scale)), int(math.ceil(eval_size[1] * scale))
 
 
@@ -233,6 +261,10 @@ class EvalPreprocess(grain.transforms.Map):
   With `scales` (multi-scale, sliding or flipped evaluation: the device resizes), the image is not resized: it is
   the original padded to label_size, 'image_size' is the original size, and 'scale_sizes' int32 (S, 2) holds the
   (h, w) of each scale by `scale_rule` (see `scaled_size`), each within scale_canvas(eval_size, scale).
+  By the 'hrnet_520' rule the image is HRNet's testval item instead (`testval_fit`): resized without antialiasing
+  (OpenCV INTER_LINEAR, `resize_linear`) to short side `short_side` (0: not resized), padded bottom/right with
+  fit_pad_value to a multiple of fit_stride, then with image_pad_value to eval_size; 'image_size' is its size
+  before the fit_stride padding, and the scales are of the padded size.
 
   A sample may carry its batch's 'canvas' and 'label_canvas' (data.eval_plan, bucketed shapes): the image and the
   label are then padded to those instead of eval_size and label_size.
@@ -245,19 +277,33 @@ class EvalPreprocess(grain.transforms.Map):
   scales: tuple[float, ...] = ()
   scale_rule: str = 'mmseg'
   base_size: int = 0
+  short_side: int = 0
+  fit_stride: int = 1
+  fit_pad_value: int | tuple[int, int, int] = 0
 
   @classmethod
   def from_config(cls, data_config, eval_config=None) -> EvalPreprocess:
     """From config.data and, for the protocols that resize on device (`resizes_on_device`), config.eval."""
     on_device = eval_config is not None and resizes_on_device(eval_config)
+    testval = on_device and eval_config.combine == 'hrnet_520'
     return cls(tuple(data_config.eval_size), eval_label_size(data_config), tuple(data_config.eval_scale),
                data_config.image_pad_value, data_config.resize_antialias,
                scales=tuple(eval_config.scales) if on_device else (),
-               scale_rule=eval_config.combine if on_device else 'mmseg', base_size=data_config.base_size)
+               scale_rule=eval_config.combine if on_device else 'mmseg', base_size=data_config.base_size,
+               short_side=eval_config.short_side if testval else 0,
+               fit_stride=eval_config.fit_stride if testval else 1,
+               fit_pad_value=tuple(int(np.rint(m)) for m in data_config.mean))
+
+  def source_size(self, height: int, width: int) -> tuple[int, int]:
+    """The (h, w) the scales resize from: the original's, or by the 'hrnet_520' rule its testval image's."""
+    if self.scale_rule != 'hrnet_520':
+      return height, width
+    return testval_fit(height, width, self.short_side, self.fit_stride)[1]
 
   def sizes_at_scales(self, height: int, width: int) -> list[tuple[int, int]]:
     """The (h, w) of an original (height, width) image at each of `scales`."""
-    return [scaled_size(height, width, s, self.scale_rule, eval_scale=self.eval_scale, base_size=self.base_size)
+    source = self.source_size(height, width)
+    return [scaled_size(*source, s, self.scale_rule, eval_scale=self.eval_scale, base_size=self.base_size)
             for s in self.scales]
 
   def shape_problems(self, name: str, height: int, width: int) -> list[str]:
@@ -270,9 +316,15 @@ class EvalPreprocess(grain.transforms.Map):
       problems.append(f'{name}: label is {height}x{width} (HxW), larger than the padded eval label size '
                       f'{tuple(self.label_size)}; set --config.data.{key} to at least the largest image size of '
                       'the eval split')
+    if self.scale_rule == 'hrnet_520':
+      source = self.source_size(height, width)
+      if source[0] > self.eval_size[0] or source[1] > self.eval_size[1]:
+        problems.append(f'{name}: image is {source[0]}x{source[1]} (HxW) resized to short side {self.short_side} '
+                        f'and padded to a multiple of {self.fit_stride}, larger than config.data.eval_size='
+                        f'{tuple(self.eval_size)}; set --config.data.eval_size to at least that size')
     if self.scales:
       for scale, size in zip(self.scales, self.sizes_at_scales(height, width)):
-        canvas = scale_canvas(self.eval_size, scale)
+        canvas = scale_canvas(self.eval_size, scale, self.scale_rule, self.base_size)
         if size[0] > canvas[0] or size[1] > canvas[1]:
           problems.append(f'{name}: image is {size[0]}x{size[1]} (HxW) at scale {scale} ({self.scale_rule} rule), '
                           f'larger than config.data.eval_size={tuple(self.eval_size)} x {scale} = {canvas}; set '
@@ -292,7 +344,13 @@ class EvalPreprocess(grain.transforms.Map):
     if problems:
       raise DataError(problems[0])
     label_size = tuple(sample.get('label_canvas', self.label_size))
-    if self.scales:
+    if self.scale_rule == 'hrnet_520':
+      resized, fitted = testval_fit(height, width, self.short_side, self.fit_stride)
+      image = pad_image(resize_image(image, resized, antialias=False), fitted, self.fit_pad_value)
+      out = {'image': pad_image(image, self.eval_size, self.image_pad_value),
+             'image_size': np.asarray(resized, np.int32),
+             'scale_sizes': np.asarray(self.sizes_at_scales(height, width), np.int32)}
+    elif self.scales:
       out = {'image': pad_image(image, label_size, self.image_pad_value),
              'image_size': np.asarray((height, width), np.int32),
              'scale_sizes': np.asarray(self.sizes_at_scales(height, width), np.int32)}

@@ -3,9 +3,9 @@
 The references evaluate one image at a time at its own size. Batched evaluation pads images to a shared shape;
 this compares, image by image, the predicted classes of each way of batching with those of the image alone:
   exact             each image alone at its own size (batch 1, one program per distinct size): the reference
-  canvas            every image padded to data.eval_size, pooling over the padding (eval.image_regions False)
-  canvas_masked     the same canvas, pooling over each image's own region (eval.image_regions True)
-  bucket_<b>        eval.shape_bucket b (data.eval_plan), masked pooling: the default with b = 32
+  canvas            every image padded to data.eval_size, the padding part of the input (eval.image_regions False)
+  canvas_regions    the same canvas, each image computed as if alone (eval.image_regions True)
+  bucket_<b>        eval.shape_bucket b (data.eval_plan) with image regions: the default with b = 32
 Reported per way: argmax agreement with `exact` over all pixels (%), the largest absolute difference of the
 scores (logits at the original size), the number of compiled programs (distinct batch shapes), the share of the
 batches' pixels that are padding, and the wall time of the pass (compilation included).
@@ -121,7 +121,7 @@ def main() -> None:
 
   ways = {'exact': dict(batch_size=1, shape_bucket=1, image_regions=True),
           'canvas': dict(shape_bucket=0, image_regions=False),
-          'canvas_masked': dict(shape_bucket=0, image_regions=True)}
+          'canvas_regions': dict(shape_bucket=0, image_regions=True)}
   ways.update({f'bucket_{b}': dict(shape_bucket=int(b), image_regions=True) for b in args.buckets.split(',')})
   results, reference = [], None
   for name, settings in ways.items():

@@ -162,8 +162,8 @@ _POSITIVE = ('train.steps', 'train.batch_size', 'train.log_every', 'train.checkp
              'eval.windows_per_pass',
              'data.base_size', 'data.synthetic.image_size',
              'data.synthetic.num_train', 'data.synthetic.num_val')
-_NON_NEGATIVE = ('data.ratio_step', 'eval.shape_bucket', 'train.eval_every', 'optim.lr', 'optim.weight_decay', 'optim.end_lr',
-                 'optim.warmup_steps', 'data.worker_count', 'data.base_short_side')
+_NON_NEGATIVE = ('data.ratio_step', 'eval.shape_bucket', 'train.eval_every', 'optim.lr', 'optim.weight_decay',
+                 'optim.end_lr', 'optim.warmup_steps', 'data.worker_count', 'data.base_short_side')
 _UNIT_INTERVAL = ('optim.momentum', 'optim.warmup_ratio')
 
 

@@ -135,8 +135,9 @@ def test_bucketed_evaluation_with_unit_buckets_scores_each_image_at_its_own_shap
   expected = 0
   for sample in source.samples:
     logits = exp.predict(variables, jnp.asarray(sample['image'][None]))
-    expected = expected + np.asarray(metrics.confusion_matrix(jnp.argmax(logits, -1), jnp.asarray(sample['label'][None]),
-                                                              exp.info.num_classes, 255))
+    labels = jnp.asarray(sample['label'][None])
+    expected = expected + np.asarray(metrics.confusion_matrix(jnp.argmax(logits, -1), labels, exp.info.num_classes,
+                                                              255))
   np.testing.assert_array_equal(got, expected)
   assert int(got.sum()) == sum(h * w for h, w in sizes)
 
@@ -145,8 +146,8 @@ def _tiny_segmentor(kind):
   if kind == 'aspp':
     model = tiny_model_config()
     models.set_head(model, 'decode_head', HEADS.config('aspp', reads=(3,), channels=8, dilations=(1, 2, 3)))
-  else:
-    model = tiny_model_config(kind)
+  else:  # EncNet with lateral connections: the Encoding layer and the laterals' resizes
+    model = tiny_model_config(kind, **({'lateral': True} if kind == 'enc' else {}))
   return build_model(model, 5)
 
 

@@ -30,6 +30,11 @@ def model_config(backbone: ml_collections.ConfigDict,
   config.dtype = DTYPE.default
   config.backbone = backbone
   config.heads = ml_collections.ConfigDict(heads)
+  # Weights the run starts from at step 0 (never over a resumed run): a PyTorch .pth/.pt or .safetensors file,
+  # converted on the fly, or a folder written by ctxseg_jax.tools.import_weights. '' = none (see README).
+  config.pretrained = ''
+  config.pretrained_layout = ''   # the file's layout (ctxseg_jax.weights.layouts.LAYOUTS); '' = from its keys
+  config.pretrained_skip = ()     # regexes of tensors left at their initialisation, e.g. ('conv_seg', 'se_layer')
   return config
 
 

@@ -13,7 +13,7 @@ from bench import torch_reference as ref
 from ctxseg_jax.models import build_model
 from ctxseg_jax.models.backbones import BACKBONES
 from ctxseg_jax.weights import convert, layouts, pretrained, readers
-from tests.tiny_config import tiny_model_config
+from tests.tiny_config import resnet50_encnet_model, tiny_model_config
 
 RTOL = 1e-4  # max |ours - torch| / max |torch|, per output
 
@@ -103,16 +103,7 @@ def test_imagenet_hrnet_branches_match_pytorch(tmp_path):
 
 
 def encnet_config(layout):
-  """A tiny EncNet as PyTorch-Encoding trains it on PASCAL-Context (resnet50s, lateral, element dropout) or as
-  mmseg does (ResNetV1c, no lateral, Dropout2d)."""
-  if layout == 'pte':
-    model = resnet_config('s')
-    model.heads.decode_head.dropout_mode = 'element'
-    model.heads.aux_head.dropout_mode = 'element'
-    return model
-  model = resnet_config('v1c')
-  model.heads.decode_head.lateral = False
-  return model
+  return resnet50_encnet_model(layout)
 
 
 def save_encnet(path, layout, num_classes=5, seed=0):

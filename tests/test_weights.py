@@ -251,3 +251,54 @@ def test_full_size_encnet_maps_fill_every_tensor(layout, shipped):
   assert set(filled) == set(wanted)
 
 
+
+
+# BatchNorm running variance: PyTorch updates it with the unbiased batch variance; config.model.bn_running_var
+# ('unbiased' by default) does the same, so fine-tuning imported weights continues PyTorch's statistics.
+@pytest.mark.parametrize('convention', ['unbiased', 'biased'])
+def test_batchnorm_running_variance_follows_torch_when_unbiased(convention):
+  from ctxseg_jax.models.layers.conv import batch_norm, running_var
+  rng = np.random.default_rng(0)
+  x = rng.normal(2.0, 3.0, size=(4, 5, 6, 3)).astype(np.float32)
+  old_mean, old_var = rng.normal(size=3).astype(np.float32), rng.uniform(0.5, 2, size=3).astype(np.float32)
+  torch_bn = torch.nn.BatchNorm2d(3).train()
+  torch_bn.running_mean.copy_(torch.from_numpy(old_mean))
+  torch_bn.running_var.copy_(torch.from_numpy(old_var))
+  with torch.no_grad():
+    expected_y = torch_bn(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+  bn = batch_norm(train=True)
+  variables = {'params': {'scale': jnp.ones(3), 'bias': jnp.zeros(3)}, 'batch_stats': {'mean': old_mean, 'var': old_var}}
+  with running_var(convention):
+    y, updates = bn.apply(variables, x, mutable=['batch_stats'])
+  np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(updates['batch_stats']['mean'], torch_bn.running_mean.numpy(), rtol=1e-6)
+  n = 4 * 5 * 6
+  biased = 0.9 * old_var + 0.1 * x.reshape(-1, 3).var(axis=0)
+  expected_var = torch_bn.running_var.numpy() if convention == 'unbiased' else biased
+  np.testing.assert_allclose(updates['batch_stats']['var'], expected_var, rtol=1e-6)
+  assert np.all(np.abs(torch_bn.running_var.numpy() - biased) > 10 * 1e-6 * biased * n)  # the two differ
+
+
+def test_training_step_statistics_continue_pytorch_ones():
+  """One training-mode forward pass of an imported EncNet updates every running mean and variance (BatchNorm2d
+  and the Encoding's BatchNorm1d) as PyTorch's does."""
+  config = encnet_config('pte')
+  assert config.bn_running_var == 'unbiased'
+  torch_model = ref.randomize_(ref.build_model(config.to_dict(), 5, layout='pte'))
+  state = {k: v.numpy().copy() for k, v in torch_model.state_dict().items()}  # not views of what torch updates
+  model = build_model(config, 5)
+  wanted = variable_shapes(model)
+  variables = convert.unflatten(convert.match(state, wanted, layout=layouts.get('pte'), model_config=config,
+                                              scope='model'))
+  x, x_torch = images(32)
+  torch_model.train()
+  with torch.no_grad():
+    torch_model(x_torch)
+  _, updates = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'],
+                                                rngs={'dropout': jax.random.key(0)}))(variables, x)
+  after = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+  stats = convert.flatten({'batch_stats': updates['batch_stats']})
+  assert len(stats) == 2 * len([k for k in after if k.endswith('running_var')])
+  for path, value in stats.items():
+    key = layouts.source_key(layouts.get('pte'), config, path)
+    np.testing.assert_allclose(value, after[key], rtol=2e-4, atol=1e-6, err_msg=path)

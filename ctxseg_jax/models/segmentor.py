@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ctxseg_jax.models.heads.fcn import CLASSIFIER_INPUT
+from ctxseg_jax.models.layers.conv import running_var
 from ctxseg_jax.models.layers.resize import resize_bilinear
 
 INPUT_TRANSFORMS = ('select', 'resize_concat')
@@ -75,13 +76,20 @@ class Segmentor(nn.Module):
   Attributes:
     backbone: module mapping (B, H, W, 3) images to a list of stage outputs; called as backbone(x, train=...).
     heads: the heads in the order they run.
+    bn_running_var: how every BatchNorm of the model updates its running variance in training: 'unbiased'
+      (PyTorch) or 'biased' (Flax); see layers.conv.running_var.
   """
   backbone: nn.Module
   heads: tuple[HeadSpec, ...]
+  bn_running_var: str = 'biased'
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
     """(B, H, W, 3) normalised float images -> dict of named outputs (see the class docstring)."""
+    with running_var(self.bn_running_var):
+      return self._forward(images, train)
+
+  def _forward(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
     features = self.backbone(images, train=train)
     outputs = {}
     for spec in self.heads:

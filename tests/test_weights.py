@@ -1,7 +1,6 @@
 """Weight import: PyTorch modules in the published layouts (bench/torch_reference.py), filled with random weights and
 saved as their state dicts, import into our models and give the same eval-mode outputs."""
 import argparse
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -10,35 +9,20 @@ import pytest
 import torch
 
 from bench import torch_reference as ref
+from bench.weight_parity import images, import_backbone, import_model, relative_error, variable_shapes
 from ctxseg_jax.models import build_model
 from ctxseg_jax.models.backbones import BACKBONES
 from ctxseg_jax.weights import convert, layouts, pretrained, readers
+from tests import shipped_configs
 from tests.tiny_config import resnet50_encnet_model, tiny_model_config
 
 RTOL = 1e-4  # max |ours - torch| / max |torch|, per output
-
-
-def relative_error(ours, theirs) -> float:
-  theirs = np.asarray(theirs)
-  return float(np.max(np.abs(np.asarray(ours) - theirs)) / np.max(np.abs(theirs)))
 
 
 def init_variables(model, size=64):
   """Our variables (train=True init, training-only heads included) for (1, size, size, 3) inputs."""
   return jax.jit(lambda: model.init({'params': jax.random.key(1), 'dropout': jax.random.key(2)},
                                     jnp.zeros((1, size, size, 3)), train=True))()
-
-
-def variable_shapes(model, size=64):
-  """{flattened path: shape} of init_variables, computed without running it."""
-  return pretrained.shapes(jax.eval_shape(lambda: model.init(
-      {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, jnp.zeros((1, size, size, 3)), train=True)))
-
-
-def images(size=64, seed=0):
-  """(NHWC numpy, NCHW torch) normalised random images."""
-  x = np.random.default_rng(seed).normal(size=(2, size, size, 3)).astype(np.float32)
-  return x, torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
 
 def imported(path, model_config, variables, **kwargs):
@@ -53,16 +37,6 @@ def resnet_config(stem, depth=50, base_width=8):
   return model
 
 
-def imported_backbone_outputs(path, model_config, x):
-  """(Imported, stage outputs of the backbone of `model_config` with the weights of the file at `path`)."""
-  model = build_model(model_config, 5)
-  result = pretrained.load(str(path), model_config, variable_shapes(model))
-  variables = convert.unflatten(result.variables)
-  outputs = jax.jit(lambda v, x: model.backbone.apply(v, x, train=False))(
-      {'params': variables['params']['backbone'], 'batch_stats': variables['batch_stats']['backbone']}, x)
-  return result, outputs
-
-
 @pytest.mark.parametrize('stem, torch_layout, expected_layout', [('v1c', 'mmseg', 'mmseg_resnet'),
                                                                  ('s', 'torch', 'resnet'),
                                                                  ('pytorch', 'torch', 'resnet')])
@@ -73,8 +47,8 @@ def test_imagenet_resnet_stages_match_pytorch(tmp_path, stem, torch_layout, expe
   state = torch_model.state_dict()
   state.update({'fc.weight': torch.zeros(10, 256), 'fc.bias': torch.zeros(10)})
   torch.save(state, tmp_path / 'resnet.pth')
-  x, x_torch = images()
-  result, outputs = imported_backbone_outputs(tmp_path / 'resnet.pth', resnet_config(stem), x)
+  x, x_torch = images(64)
+  result, outputs = import_backbone(tmp_path / 'resnet.pth', resnet_config(stem), x)
   assert (result.layout, result.scope) == (expected_layout, 'backbone')
   with torch.no_grad():
     theirs = torch_model(x_torch)
@@ -93,8 +67,8 @@ def test_imagenet_hrnet_branches_match_pytorch(tmp_path):
   model_config.backbone = BACKBONES.config('hrnet', width=4, depth='small')
   model_config.heads.decode_head.reads = (3,)
   model_config.heads.decode_head.lateral = False
-  x, x_torch = images()
-  result, outputs = imported_backbone_outputs(tmp_path / 'hrnet.pth', model_config, x)
+  x, x_torch = images(64)
+  result, outputs = import_backbone(tmp_path / 'hrnet.pth', model_config, x)
   assert result.layout == 'hrnet'
   with torch.no_grad():
     theirs = torch_model(x_torch)
@@ -120,14 +94,11 @@ def test_whole_encnet_logits_match_pytorch(tmp_path, layout):
   """A whole EncNet (backbone, EncHead with the SE layer, auxiliary FCN head) in PyTorch-Encoding's or mmseg's layout:
   every tensor used, eval logits as PyTorch's."""
   config, torch_model = save_encnet(tmp_path / 'encnet.pth', layout)
-  model = build_model(config, 5)
-  variables = init_variables(model)
-  result, variables = imported(tmp_path / 'encnet.pth', config, variables)
+  x, x_torch = images(64)
+  result, ours = import_model(tmp_path / 'encnet.pth', config, 5, x)
   assert (result.layout, result.scope) == (layout, 'model')
-  x, x_torch = images()
   with torch.no_grad():
     theirs = torch_model(x_torch)['logits'].numpy().transpose(0, 2, 3, 1)
-  ours = jax.jit(lambda v, x: model.apply(v, x, train=False)['logits'])(variables, x)
   assert relative_error(ours, theirs) < RTOL
 
 
@@ -238,12 +209,7 @@ def test_full_size_hrnet_maps_fill_every_tensor(width):
 @pytest.mark.parametrize('layout, shipped', [('pte', 'encnet_pcontext'), ('mmseg', 'encnet_cityscapes')])
 def test_full_size_encnet_maps_fill_every_tensor(layout, shipped):
   """The shipped EncNet configs' models against full-width PyTorch models in each layout."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(shipped, pathlib.Path(__file__).parent.parent / 'configs' /
-                                                f'{shipped}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  model_config = module.get_config().model
+  model_config = shipped_configs.load(f'configs/{shipped}.py').model
   with torch.device('meta'):
     state = _shape_only_state(ref.build_model(model_config.to_dict(), 59, layout=layout))
   wanted = _full_size(model_config)

@@ -133,8 +133,9 @@ class ResNet(nn.Module):
   Stem: 's' (PyTorch-Encoding's deep stem: conv1 = 3x3 convs w (stride 2), w, 2w with BN + ReLU between, then
   bn1, ReLU), 'v1c' (the same with widths w/2, w/2, w: mmseg ResNetV1c, timm resnet50c) or 'pytorch' (one 7x7
   stride-2 conv and bn1, torchvision); then a 3x3 stride-2 max-pool. `layout` 'torch' names a deep stem as above
-  (PyTorch-Encoding, timm); 'mmseg' as mmcv's ResNetV1c, stem = Sequential((conv, bn, relu) x 3), no bn1. Initialised as ctxseg_jax's: Kaiming fan-out convs, BN scale 1 and bias
-  0, the last BN of each block at scale 0 with `zero_init_residual`.
+  (PyTorch-Encoding, timm); 'mmseg' as mmcv's ResNetV1c, stem = Sequential((conv, bn, relu) x 3), no bn1.
+  Initialised as ctxseg_jax's: Kaiming fan-out convs, BN scale 1 and bias 0, the last BN of each block at scale 0
+  with `zero_init_residual`.
   """
 
   def __init__(self, depth: int = 50, stem: str = 's', base_width: int = 64, output_stride: int = 8,

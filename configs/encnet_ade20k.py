@@ -9,7 +9,7 @@ multiplier; EncHead without lateral connections, 32 codes, Dropout2d 0.1; CE wei
 crop 512x512 with cat_max_ratio 0.75, flip, PhotoMetricDistortion, padding with the mean colour; test:
 keep-ratio resize to scale (2048, 512), whole image, logits resized back and scored at the original resolution.
 
-Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned), and per-image
+Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (config.model.pretrained), and per-image
 eval shapes. Evaluation runs on one static shape: resized images are padded to eval_size (the bound of the test
 resize for either orientation; a typical 512x683 image fills 8% of it) and labels to eval_label_size, while
 mmseg runs each image at its own size. Padding changes more than the border pixels here: the Encoding layer and

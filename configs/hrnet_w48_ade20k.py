@@ -10,7 +10,7 @@ Protocol: that of configs/encnet_ade20k.py (4 GPUs x 4 images, SGD lr 0.01, wd 5
 Model: HRNetV2p-W48 (align_corners False); FCNHead (1x1 ConvModule 720 -> 720, no dropout, 1x1 classifier) on the
 concatenated stages.
 
-Not yet reproduced here: the ImageNet-pretrained weights (weight import is planned); per-image eval shapes (see
+Not yet reproduced here: the ImageNet-pretrained weights (config.model.pretrained); per-image eval shapes (see
 configs/encnet_ade20k.py).
 
 python -m ctxseg_jax.main --config configs/hrnet_w48_ade20k.py --config.data.root=/data/ADEChallengeData2016

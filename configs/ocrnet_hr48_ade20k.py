@@ -10,7 +10,7 @@ pixels kept, per replica of 4 images, as each GPU computes it) and plain cross-e
 random 520x520 crop (padding 0, label ignore), flip, cv2 resizing; test: the short side resized to 520.
 Model: as configs/ocrnet_hr48_cityscapes.py, with 150 classes.
 
-Not yet reproduced here: the ImageNet-pretrained HRNetV2-W48 weights (weight import is planned); HRNet-OCR's test
+Not yet reproduced here: the ImageNet-pretrained HRNetV2-W48 weights (config.model.pretrained); HRNet-OCR's test
 slides 520x520 windows (stride 2/3) over the resized image, padded to a multiple of 8, and here the whole resized
 image runs at once (logits upsampled with align_corners True), padded to 2080x2080 with the long side capped at
 2080.

@@ -13,7 +13,7 @@ HRNet-OCR reads its own train.lst / testval.lst of the same sizes, with the same
 the 171 classes ranked).
 Model: as configs/ocrnet_hr48_cityscapes.py, with 171 classes.
 
-Not yet reproduced here: the ImageNet-pretrained weights (weight import is planned); HRNet-OCR's sliding 520
+Not yet reproduced here: the ImageNet-pretrained weights (config.model.pretrained); HRNet-OCR's sliding 520
 windows at test over the image padded to a multiple of 8 (its 520-pixel protocol, which eval.combine 'hrnet' does
 not model yet): evaluation runs the whole image with the short side resized to 520 (long side capped at 1040), logits
 upsampled with align_corners True.

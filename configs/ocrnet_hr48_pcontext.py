@@ -10,7 +10,7 @@ logits (1.0) and the soft-region logits (0.4), align_corners True, background ig
 to 520 x (0.5 + k / 10), k in 0..16, random 520x520 crop, flip, cv2 resizing.
 Model: as configs/ocrnet_hr48_cityscapes.py, with 59 classes.
 
-Not yet reproduced here: the ImageNet-pretrained weights (weight import is planned); the multi-scale + flip test
+Not yet reproduced here: the ImageNet-pretrained weights (config.model.pretrained); the multi-scale + flip test
 of the target (HRNet-OCR's 520-pixel protocol: scales 0.5..2.0 of the short side, the image padded to a multiple of 8,
 sliding 520 windows, which eval.combine 'hrnet' does not model yet): evaluation runs the whole image with the short
 side resized to 520 (long side capped at 1040), single scale, logits upsampled with align_corners True.

@@ -146,7 +146,8 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_safetensors_file_reads_without_torch(tmp_path):
   """A .safetensors file built byte by byte from the format's description reads back; an EncNet saved both ways
   imports the same."""
-  header = b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"I64","shape":[],"data_offsets":[8,16]}}'
+  header = (b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+            b'"b":{"dtype":"I64","shape":[],"data_offsets":[8,16]}}')
   data = np.array([1.5, -2.0], '<f4').tobytes() + np.array(7, '<i8').tobytes()
   (tmp_path / 'hand.safetensors').write_bytes(len(header).to_bytes(8, 'little') + header + data)
   state = readers.read_state_dict(tmp_path / 'hand.safetensors')
@@ -233,7 +234,8 @@ def test_batchnorm_running_variance_follows_torch_when_unbiased(convention):
   with torch.no_grad():
     expected_y = torch_bn(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
   bn = batch_norm(train=True)
-  variables = {'params': {'scale': jnp.ones(3), 'bias': jnp.zeros(3)}, 'batch_stats': {'mean': old_mean, 'var': old_var}}
+  variables = {'params': {'scale': jnp.ones(3), 'bias': jnp.zeros(3)},
+               'batch_stats': {'mean': old_mean, 'var': old_var}}
   with running_var(convention):
     y, updates = bn.apply(variables, x, mutable=['batch_stats'])
   np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-5)

@@ -53,7 +53,8 @@ def in_scope(path: str, scope: str) -> bool:
 
 
 def match(state: Mapping[str, np.ndarray], wanted: Mapping[str, tuple[int, ...]], *, layout: Layout | None,
-          model_config, scope: str, skip: Iterable[str] = (), source: str = 'the weights file') -> dict[str, np.ndarray]:
+          model_config, scope: str, skip: Iterable[str] = (),
+          source: str = 'the weights file') -> dict[str, np.ndarray]:
   """{our path: float32 array in our layout} for every `wanted` path (ours -> shape) in `scope` and not skipped.
 
   `layout` None means the file is already keyed by our paths in our layout (a converted checkpoint).

@@ -46,8 +46,8 @@ STEM_DEEP_TORCH: tuple[Rule, ...] = (
     (r'stem/conv1/conv', 'conv1.0'), (r'stem/conv1/bn', 'conv1.1'), (r'stem/conv2/conv', 'conv1.3'),
     (r'stem/conv2/bn', 'conv1.4'), (r'stem/conv3/conv', 'conv1.6'), (r'stem/conv3/bn', 'bn1'))
 # mmcv ResNetV1c: stem = Sequential(conv, bn, relu) x 3.
-STEM_DEEP_MMSEG: tuple[Rule, ...] = tuple(
-    (rf'stem/conv{i + 1}/{part}', f'stem.{3 * i + offset}') for i in range(3) for part, offset in (('conv', 0), ('bn', 1)))
+STEM_DEEP_MMSEG: tuple[Rule, ...] = tuple((rf'stem/conv{i + 1}/{part}', f'stem.{3 * i + offset}')
+                                          for i in range(3) for part, offset in (('conv', 0), ('bn', 1)))
 
 
 def _transition(match: re.Match) -> str:
@@ -136,7 +136,8 @@ LAYOUTS = {layout.name: layout for layout in (
            {'backbone': 'backbone.', 'decode_head': 'decode_head.', 'aux_head': 'auxiliary_head.'}),
     Layout('pte', 'whole PyTorch-Encoding model: EncNet or FCN on resnet50s/101s',
            {'resnet': _TORCH_RESNET}, PTE_HEADS,
-           {'backbone': 'pretrained.', 'decode_head': 'head.', 'aux_head': 'auxlayer.'}, dropped=(r'pretrained\.fc\..*',)),
+           {'backbone': 'pretrained.', 'decode_head': 'head.', 'aux_head': 'auxlayer.'},
+           dropped=(r'pretrained\.fc\..*',)),
 )}
 
 _LEAVES = {'kernel': 'weight', 'bias': 'bias', 'scale': 'weight', 'mean': 'running_mean', 'var': 'running_var'}

@@ -129,7 +129,8 @@ def write_safetensors(path: str | pathlib.Path, state: dict[str, np.ndarray]) ->
   for name, array in state.items():
     array = np.ascontiguousarray(array)
     raw = array.astype(array.dtype.newbyteorder('<')).tobytes()
-    header[name] = {'dtype': names[array.dtype], 'shape': list(array.shape), 'data_offsets': [offset, offset + len(raw)]}
+    header[name] = {'dtype': names[array.dtype], 'shape': list(array.shape),
+                    'data_offsets': [offset, offset + len(raw)]}
     chunks.append(raw)
     offset += len(raw)
   encoded = json.dumps(header).encode()

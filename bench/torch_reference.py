@@ -313,9 +313,9 @@ class EncHead(nn.Module):
 class ConvModule(nn.Module):
   """mmcv's ConvModule: `conv` (no bias), `bn`, ReLU (keys x.conv.weight, x.bn.running_var)."""
 
-  def __init__(self, cin: int, cout: int, kernel: int):
+  def __init__(self, cin: int, cout: int, kernel: int, dilation: int = 1):
     super().__init__()
-    self.conv = nn.Conv2d(cin, cout, kernel, padding=(kernel - 1) // 2, bias=False)
+    self.conv = nn.Conv2d(cin, cout, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, bias=False)
     self.bn = nn.BatchNorm2d(cout)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -389,6 +389,25 @@ class MmsegEncHead(nn.Module):
     if self.se_layer is not None and self.training:
       outputs['se_logits'] = self.se_layer(encoded)
     return outputs
+
+
+class MmsegASPPHead(nn.Module):
+  """mmseg's ASPPHead (DeepLabV3): `image_pool` = [global average pool, ConvModule 1x1] broadcast back, one
+  ConvModule per dilation (`aspp_modules`, 1x1 for dilation 1, else 3x3 dilated), `bottleneck` 3x3 on the
+  concatenation [pool, branches], Dropout2d, `conv_seg`."""
+
+  def __init__(self, in_channels: int, num_classes: int, *, channels: int, dilations: Sequence[int],
+               dropout_rate: float = 0.1):
+    super().__init__()
+    self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvModule(in_channels, channels, 1))
+    self.aspp_modules = nn.ModuleList([ConvModule(in_channels, channels, 1 if d == 1 else 3, d) for d in dilations])
+    self.bottleneck = ConvModule((len(dilations) + 1) * channels, channels, 3)
+    self.dropout = nn.Dropout2d(dropout_rate) if dropout_rate > 0 else nn.Identity()
+    self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+  def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    outs = [self.image_pool(x).expand(-1, -1, *x.shape[2:])] + [module(x) for module in self.aspp_modules]
+    return {'logits': self.conv_seg(self.dropout(self.bottleneck(torch.cat(outs, dim=1))))}
 
 
 # ------------------------------------------------------------------------------------------------ HRNet
@@ -540,7 +559,7 @@ class Segmentor(nn.Module):
     return outputs
 
 
-HEAD_OUTPUTS = {'fcn': ('logits',), 'enc': ('logits', 'se_logits')}
+HEAD_OUTPUTS = {'fcn': ('logits',), 'enc': ('logits', 'se_logits'), 'aspp': ('logits',)}
 # Whose module names a model built here has: PyTorch-Encoding's (resnet50s, EncHead, FCNHead) or mmseg's
 # (ResNetV1c, mmseg EncHead and FCNHead).
 LAYOUT_NAMES = {'pte': TORCH_NAMES, 'mmseg': {'backbone': 'backbone', 'decode_head': 'decode_head',
@@ -563,6 +582,9 @@ def _build_head(head: dict[str, Any], in_channels: list[int], num_classes: int, 
     return FCNHead(cin, num_classes, channels=head['channels'], num_convs=head['num_convs'],
                    kernel_size=head['kernel_size'], conv_bias=head['conv_bias'], dropout_rate=head['dropout'],
                    dropout_mode=head['dropout_mode'], weight_init=head['weight_init'])
+  if head['type'] == 'aspp' and layout == 'mmseg':
+    return MmsegASPPHead(in_channels[0], num_classes, channels=head['channels'], dilations=head['dilations'],
+                         dropout_rate=head['dropout'])
   if head['type'] == 'enc':
     cls = MmsegEncHead if layout == 'mmseg' else EncHead
     return cls(in_channels, num_classes, channels=head['channels'], num_codes=head['num_codes'],

@@ -10,8 +10,10 @@ import torch
 
 from bench import torch_reference as ref
 from bench.weight_parity import images, import_backbone, import_model, relative_error, variable_shapes
+from ctxseg_jax import models
 from ctxseg_jax.models import build_model
 from ctxseg_jax.models.backbones import BACKBONES
+from ctxseg_jax.models.heads import HEADS
 from ctxseg_jax.weights import convert, layouts, pretrained, readers
 from tests import shipped_configs
 from tests.tiny_config import resnet50_encnet_model, tiny_model_config
@@ -97,6 +99,20 @@ def test_whole_encnet_logits_match_pytorch(tmp_path, layout):
   x, x_torch = images(64)
   result, ours = import_model(tmp_path / 'encnet.pth', config, 5, x)
   assert (result.layout, result.scope) == (layout, 'model')
+  with torch.no_grad():
+    theirs = torch_model(x_torch)['logits'].numpy().transpose(0, 2, 3, 1)
+  assert relative_error(ours, theirs) < RTOL
+
+
+def test_whole_mmseg_deeplabv3_logits_match_pytorch(tmp_path):
+  """mmseg DeepLabV3 (ASPPHead: image_pool.1, aspp_modules.N, bottleneck) on ResNetV1c with its auxiliary FCN head."""
+  config = encnet_config('mmseg')
+  models.set_head(config, 'decode_head', HEADS.config('aspp', reads=(3,), channels=16, dilations=(1, 2, 3)))
+  torch_model = ref.randomize_(ref.build_model(config.to_dict(), 5, layout='mmseg')).eval()
+  torch.save({'state_dict': torch_model.state_dict(), 'meta': {}}, tmp_path / 'deeplabv3.pth')
+  x, x_torch = images(64)
+  result, ours = import_model(tmp_path / 'deeplabv3.pth', config, 5, x)
+  assert result.layout == 'mmseg'
   with torch.no_grad():
     theirs = torch_model(x_torch)['logits'].numpy().transpose(0, 2, 3, 1)
   assert relative_error(ours, theirs) < RTOL
@@ -207,9 +223,10 @@ def test_full_size_hrnet_maps_fill_every_tensor(width):
       [k for k in state if k.endswith('num_batches_tracked')])
 
 
-@pytest.mark.parametrize('layout, shipped', [('pte', 'encnet_pcontext'), ('mmseg', 'encnet_cityscapes')])
-def test_full_size_encnet_maps_fill_every_tensor(layout, shipped):
-  """The shipped EncNet configs' models against full-width PyTorch models in each layout."""
+@pytest.mark.parametrize('layout, shipped', [('pte', 'encnet_pcontext'), ('mmseg', 'encnet_cityscapes'),
+                                             ('mmseg', 'deeplabv3_r101_cityscapes')])
+def test_full_size_whole_model_maps_fill_every_tensor(layout, shipped):
+  """The shipped EncNet and DeepLabV3 configs' models against full-width PyTorch models in each layout."""
   model_config = shipped_configs.load(f'configs/{shipped}.py').model
   with torch.device('meta'):
     state = _shape_only_state(ref.build_model(model_config.to_dict(), 59, layout=layout))

@@ -18,7 +18,8 @@ Layouts (LAYOUTS):
   mmseg_resnet  mmcv/mmseg ImageNet ResNetV1c (open-mmlab://resnet50_v1c): deep stem stem.{0,1,3,4,6,7}.
   hrnet         ImageNet HRNetV2 (official, mmseg, timm): conv1/bn1/conv2/bn2, layer1, transitionK,
                 stageK.m.branches / fuse_layers; the classification modules are dropped.
-  mmseg         whole mmseg models (backbone., decode_head., auxiliary_head.): EncNet, FCN on ResNetV1c or HRNet.
+  mmseg         whole mmseg models (backbone., decode_head., auxiliary_head.): EncNet, FCN, DeepLabV3 (ASPP) on
+                ResNetV1c or HRNet.
   pte           whole PyTorch-Encoding models (pretrained., head., auxlayer.): EncNet, FCN.
 """
 from __future__ import annotations
@@ -80,6 +81,9 @@ MMSEG_HEADS: dict[str, tuple[Rule, ...]] = {
             # EncModule.encoding = Sequential(Encoding, BatchNorm1d, ReLU); fc = Sequential(Linear, Sigmoid).
             (r'enc_module/encoding', 'enc_module.encoding.0'), (r'enc_module/encoding_norm', 'enc_module.encoding.1'),
             (r'enc_module/fc', 'enc_module.fc.0'), (r'conv_seg', 'conv_seg'), (r'se_layer', 'se_layer')),
+    # ASPPHead.image_pool = Sequential(AdaptiveAvgPool2d, ConvModule); aspp_modules a list of ConvModules.
+    'aspp': ((r'image_pool/(conv|bn)', r'image_pool.1.\1'), (r'aspp_(\d+)/(conv|bn)', r'aspp_modules.\1.\2'),
+             (r'bottleneck/(conv|bn)', r'bottleneck.\1'), (r'conv_seg', 'conv_seg')),
 }
 # PyTorch-Encoding's heads are nn.Sequentials: FCNHead.conv5 = [conv, bn, relu, dropout, conv];
 # EncHead.conv5/connect[i]/fusion = [conv, bn, relu]; EncModule.encoding = [conv, bn, relu, Encoding, BN1d, relu,
@@ -131,7 +135,7 @@ LAYOUTS = {layout.name: layout for layout in (
            'stem.{0,1,3,4,6,7}) or ResNetV1b (7x7)', {'resnet': _MMSEG_RESNET}, dropped=(r'fc\..*',)),
     Layout('hrnet', 'ImageNet HRNetV2 (official HRNet-Image-Classification, mmseg, timm)', {'hrnet': {'*': HRNET}},
            dropped=HRNET_CLASSIFIER),
-    Layout('mmseg', 'whole mmseg model (state_dict + meta): EncNet or FCN on ResNetV1c or HRNet',
+    Layout('mmseg', 'whole mmseg model (state_dict + meta): EncNet, FCN or DeepLabV3 on ResNetV1c or HRNet',
            {'resnet': _MMSEG_RESNET, 'hrnet': {'*': HRNET}}, MMSEG_HEADS,
            {'backbone': 'backbone.', 'decode_head': 'decode_head.', 'aux_head': 'auxiliary_head.'}),
     Layout('pte', 'whole PyTorch-Encoding model: EncNet or FCN on resnet50s/101s',

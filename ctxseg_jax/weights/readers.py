@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import pickle
 import struct
 from typing import Any
 
@@ -72,7 +73,7 @@ def _torch_load(path: pathlib.Path) -> Any:
   try:
     return torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
-    if isinstance(e, __import__('pickle').UnpicklingError) or 'weights_only' in str(e):
+    if isinstance(e, pickle.UnpicklingError) or 'weights_only' in str(e):
       reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise WeightsFileError(
           f'refusing {path}: it holds pickled Python objects beyond tensors and containers, and unpickling them '

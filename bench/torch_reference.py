@@ -131,30 +131,39 @@ class ResNet(nn.Module):
   """PyTorch-Encoding's dilated ResNet without avgpool and fc, returning the four stage outputs [c1, c2, c3, c4].
 
   Stem: 's' (PyTorch-Encoding's deep stem: conv1 = 3x3 convs w (stride 2), w, 2w with BN + ReLU between, then
-  bn1, ReLU), 'v1c' (the same layout with widths w/2, w/2, w: mmseg ResNetV1c) or 'pytorch' (one 7x7 stride-2 conv
-  and bn1); then a 3x3 stride-2 max-pool. Initialised as ctxseg_jax's: Kaiming fan-out convs, BN scale 1 and bias
-  0, the last BN of each block at scale 0 with `zero_init_residual`.
+  bn1, ReLU), 'v1c' (the same with widths w/2, w/2, w: mmseg ResNetV1c, timm resnet50c) or 'pytorch' (one 7x7
+  stride-2 conv and bn1, torchvision); then a 3x3 stride-2 max-pool. `layout` 'torch' names a deep stem as above
+  (PyTorch-Encoding, timm); 'mmseg' as mmcv's ResNetV1c, stem = Sequential((conv, bn, relu) x 3), no bn1.
+  Initialised as ctxseg_jax's: Kaiming fan-out convs, BN scale 1 and bias 0, the last BN of each block at scale 0
+  with `zero_init_residual`.
   """
 
   def __init__(self, depth: int = 50, stem: str = 's', base_width: int = 64, output_stride: int = 8,
-               contract_dilation: bool = True, zero_init_residual: bool = True):
+               contract_dilation: bool = True, zero_init_residual: bool = True, layout: str = 'torch'):
     super().__init__()
     if depth not in BLOCK_COUNTS:
       raise _unsupported(f'ResNet-{depth} (Bottleneck depths only: {sorted(BLOCK_COUNTS)})')
+    if layout not in ('torch', 'mmseg'):
+      raise _unsupported(f'ResNet layout {layout!r}')
     w = base_width
     if stem == 'pytorch':
       self.conv1 = nn.Conv2d(3, w, 7, stride=2, padding=3, bias=False)
       inplanes = w
     elif stem in ('s', 'v1c'):
       widths = (w, w, 2 * w) if stem == 's' else (w // 2, w // 2, w)
-      self.conv1 = nn.Sequential(
-          nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(True),
-          nn.Conv2d(widths[0], widths[1], 3, padding=1, bias=False), nn.BatchNorm2d(widths[1]), nn.ReLU(True),
-          nn.Conv2d(widths[1], widths[2], 3, padding=1, bias=False))
+      layers = []
+      for cin, cout in zip((3,) + widths[:2], widths):
+        layers += [nn.Conv2d(cin, cout, 3, stride=2 if cin == 3 else 1, padding=1, bias=False), nn.BatchNorm2d(cout),
+                   nn.ReLU(True)]
+      if layout == 'mmseg':  # mmcv ResNetV1c: stem = (conv, bn, relu) x 3
+        self.stem = nn.Sequential(*layers)
+      else:  # PyTorch-Encoding, timm: the last BN + ReLU are bn1, relu
+        self.conv1 = nn.Sequential(*layers[:-2])
       inplanes = widths[2]
     else:
       raise _unsupported(f'ResNet stem {stem!r}')
-    self.bn1 = nn.BatchNorm2d(inplanes)
+    if not hasattr(self, 'stem'):
+      self.bn1 = nn.BatchNorm2d(inplanes)
     self.relu = nn.ReLU(inplace=True)
     self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
     for stage, blocks in enumerate(block_plan(depth, output_stride, contract_dilation)):
@@ -175,7 +184,7 @@ class ResNet(nn.Module):
           nn.init.zeros_(m.bn3.weight)
 
   def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-    x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    x = self.maxpool(self.stem(x) if hasattr(self, 'stem') else self.relu(self.bn1(self.conv1(x))))
     outputs = []
     for stage in range(4):
       x = getattr(self, f'layer{stage + 1}')(x)
@@ -301,23 +310,245 @@ class EncHead(nn.Module):
     return outputs
 
 
+class ConvModule(nn.Module):
+  """mmcv's ConvModule: `conv` (no bias), `bn`, ReLU (keys x.conv.weight, x.bn.running_var)."""
+
+  def __init__(self, cin: int, cout: int, kernel: int, dilation: int = 1):
+    super().__init__()
+    self.conv = nn.Conv2d(cin, cout, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, bias=False)
+    self.bn = nn.BatchNorm2d(cout)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return F.relu(self.bn(self.conv(x)))
+
+
+class MmsegFCNHead(nn.Module):
+  """mmseg's FCNHead: `convs` (ConvModules), `conv_cat` on [input, convs output] with concat_input, Dropout2d,
+  `conv_seg` 1x1 with bias."""
+
+  def __init__(self, in_channels: int, num_classes: int, *, channels: int, num_convs: int = 2,
+               concat_input: bool = True, kernel_size: int = 3, dropout_rate: float = 0.1):
+    super().__init__()
+    self.convs = nn.Sequential(*[ConvModule(in_channels if i == 0 else channels, channels, kernel_size)
+                                 for i in range(num_convs)])
+    self.conv_cat = ConvModule(in_channels + channels, channels, kernel_size) if concat_input else None
+    self.dropout = nn.Dropout2d(dropout_rate) if dropout_rate > 0 else nn.Identity()
+    self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+  def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    y = self.convs(x)
+    if self.conv_cat is not None:
+      y = self.conv_cat(torch.cat([x, y], dim=1))
+    return {'logits': self.conv_seg(self.dropout(y))}
+
+
+class MmsegEncModule(nn.Module):
+  """mmseg's EncModule: `encoding_project` ConvModule 1x1, `encoding` = [Encoding, BatchNorm1d(K), ReLU] then the
+  mean over codes, `fc` = [Linear, Sigmoid]; returns (encoded (B, C), ReLU(x + x * gamma))."""
+
+  def __init__(self, channels: int, num_codes: int):
+    super().__init__()
+    self.encoding_project = ConvModule(channels, channels, 1)
+    self.encoding = nn.Sequential(Encoding(channels, num_codes), nn.BatchNorm1d(num_codes), nn.ReLU(inplace=True))
+    self.fc = nn.Sequential(nn.Linear(channels, channels), nn.Sigmoid())
+
+  def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    encoded = self.encoding(self.encoding_project(x)).mean(dim=1)
+    gamma = self.fc(encoded)
+    return encoded, F.relu(x + x * gamma.view(*gamma.shape, 1, 1))
+
+
+class MmsegEncHead(nn.Module):
+  """mmseg's EncHead: `bottleneck` 3x3 ConvModule on the last input; with `lateral`, `lateral_convs` 1x1 on the
+  earlier inputs (resized bilinearly, align_corners False) and `fusion` 3x3 on the concatenation; `enc_module`;
+  Dropout2d and `conv_seg`; `se_layer` (Linear C -> classes) on the encoding in training."""
+
+  def __init__(self, in_channels: Sequence[int], num_classes: int, *, channels: int = 512, num_codes: int = 32,
+               lateral: bool = False, se_head: bool = True, dropout_rate: float = 0.1, dropout_mode: str = 'channel'):
+    super().__init__()
+    *earlier, last = in_channels
+    self.lateral = lateral
+    self.bottleneck = ConvModule(last, channels, 3)
+    if lateral:
+      self.lateral_convs = nn.ModuleList([ConvModule(c, channels, 1) for c in earlier])
+      self.fusion = ConvModule(channels * (1 + len(earlier)), channels, 3)
+    self.enc_module = MmsegEncModule(channels, num_codes)
+    self.dropout = dropout(dropout_rate, dropout_mode) if dropout_rate > 0 else nn.Identity()
+    self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+    self.se_layer = nn.Linear(channels, num_classes) if se_head else None
+
+  def forward(self, features: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    features = [features] if isinstance(features, torch.Tensor) else list(features)
+    feat = self.bottleneck(features[-1])
+    if self.lateral:
+      laterals = [F.interpolate(conv(x), feat.shape[2:], mode='bilinear', align_corners=False)
+                  for conv, x in zip(self.lateral_convs, features[:-1])]
+      feat = self.fusion(torch.cat([feat, *laterals], dim=1))
+    encoded, feat = self.enc_module(feat)
+    outputs = {'logits': self.conv_seg(self.dropout(feat))}
+    if self.se_layer is not None and self.training:
+      outputs['se_logits'] = self.se_layer(encoded)
+    return outputs
+
+
+class MmsegASPPHead(nn.Module):
+  """mmseg's ASPPHead (DeepLabV3): `image_pool` = [global average pool, ConvModule 1x1] broadcast back, one
+  ConvModule per dilation (`aspp_modules`, 1x1 for dilation 1, else 3x3 dilated), `bottleneck` 3x3 on the
+  concatenation [pool, branches], Dropout2d, `conv_seg`."""
+
+  def __init__(self, in_channels: int, num_classes: int, *, channels: int, dilations: Sequence[int],
+               dropout_rate: float = 0.1):
+    super().__init__()
+    self.image_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvModule(in_channels, channels, 1))
+    self.aspp_modules = nn.ModuleList([ConvModule(in_channels, channels, 1 if d == 1 else 3, d) for d in dilations])
+    self.bottleneck = ConvModule((len(dilations) + 1) * channels, channels, 3)
+    self.dropout = nn.Dropout2d(dropout_rate) if dropout_rate > 0 else nn.Identity()
+    self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+  def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    outs = [self.image_pool(x).expand(-1, -1, *x.shape[2:])] + [module(x) for module in self.aspp_modules]
+    return {'logits': self.conv_seg(self.dropout(self.bottleneck(torch.cat(outs, dim=1))))}
+
+
+# ------------------------------------------------------------------------------------------------ HRNet
+
+# ctxseg_jax.models.backbones.hrnet.DEPTHS: stage 1 Bottlenecks, then (modules, branches, blocks) of stages 2-4.
+HRNET_DEPTHS = {'full': (4, ((1, 2, 4), (4, 3, 4), (3, 4, 4))), 'small': (2, ((1, 2, 2), (3, 3, 2), (2, 4, 2)))}
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs with BN, identity shortcut (HRNet's branches keep their width)."""
+  expansion = 1
+
+  def __init__(self, planes: int):
+    super().__init__()
+    self.conv1 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, relu: bool = True) -> nn.Sequential:
+  layers = [nn.Conv2d(cin, cout, kernel, stride=stride, padding=(kernel - 1) // 2, bias=False), nn.BatchNorm2d(cout)]
+  return nn.Sequential(*layers, *([nn.ReLU(inplace=True)] if relu else []))
+
+
+class HighResolutionModule(nn.Module):
+  """One HRNet module: `branches[i]` (BasicBlocks), `fuse_layers[i][j]`: for j > i a 1x1 conv + BN then a bilinear
+  upsample; for j < i, i - j 3x3 stride-2 conv + BN (ReLU between them); summed, ReLU."""
+
+  def __init__(self, widths: Sequence[int], num_blocks: int, align_corners: bool):
+    super().__init__()
+    self.align_corners = align_corners
+    self.branches = nn.ModuleList([nn.Sequential(*[BasicBlock(w) for _ in range(num_blocks)]) for w in widths])
+    fuse = []
+    for i, wi in enumerate(widths):
+      row = []
+      for j, wj in enumerate(widths):
+        if j > i:
+          row.append(_conv_bn(wj, wi, 1, relu=False))
+        elif j < i:
+          row.append(nn.Sequential(*[_conv_bn(wj, wi if k == i - j - 1 else wj, 3, 2, relu=k != i - j - 1)
+                                     for k in range(i - j)]))
+        else:
+          row.append(None)
+      fuse.append(nn.ModuleList(row))
+    self.fuse_layers = nn.ModuleList(fuse)
+
+  def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    xs = [branch(x) for branch, x in zip(self.branches, xs)]
+    fused = []
+    for i, row in enumerate(self.fuse_layers):
+      total = xs[i]
+      for j, layer in enumerate(row):
+        if j > i:
+          total = total + F.interpolate(layer(xs[j]), xs[i].shape[2:], mode='bilinear',
+                                        align_corners=self.align_corners)
+        elif j < i:
+          total = total + layer(xs[j])
+      fused.append(F.relu(total))
+    return fused
+
+
+class HRNet(nn.Module):
+  """HRNetV2 in the ImageNet checkpoints' layout (HRNet-Image-Classification, mmseg, timm) without the
+  classification modules: conv1/bn1/conv2/bn2 (3x3 stride 2, 64 wide), layer1 (Bottlenecks), transitionK,
+  stageK (HighResolutionModules); returns the four branches of the last module."""
+
+  def __init__(self, width: int = 48, depth: str = 'full', align_corners: bool = True):
+    super().__init__()
+    stage1_blocks, stages = HRNET_DEPTHS[depth]
+    self.conv1, self.bn1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64)
+    self.conv2, self.bn2 = nn.Conv2d(64, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64)
+    self.layer1 = nn.Sequential(*[Bottleneck(64 if b == 0 else 256, 64) for b in range(stage1_blocks)])
+    previous = [256]
+    for stage, (num_modules, num_branches, num_blocks) in enumerate(stages, start=2):
+      widths = [width * 2**i for i in range(num_branches)]
+      transition = []
+      for i, w in enumerate(widths):
+        if i >= len(previous):  # a new, lower branch from the lowest one
+          transition.append(nn.Sequential(_conv_bn(previous[-1], w, 3, 2)))
+        else:
+          transition.append(_conv_bn(previous[i], w, 3) if previous[i] != w else None)
+      setattr(self, f'transition{stage - 1}', nn.ModuleList(transition))
+      setattr(self, f'stage{stage}', nn.Sequential(*[HighResolutionModule(widths, num_blocks, align_corners)
+                                                     for _ in range(num_modules)]))
+      previous = widths
+
+  def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    x = F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+    branches = [self.layer1(x)]
+    for stage in range(2, 5):
+      transition = getattr(self, f'transition{stage - 1}')
+      branches = [(layer(branches[min(i, len(branches) - 1)]) if layer is not None else branches[i])
+                  for i, layer in enumerate(transition)]
+      for module in getattr(self, f'stage{stage}'):
+        branches = module(branches)
+    return branches
+
+
+def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
+  """Random weights and BN statistics for output-parity tests: every conv and Linear weight N(0, 1 / fan_in),
+  biases N(0, 0.1), BN weight U(0.5, 1.5), bias N(0, 0.1), running mean N(0, 0.1), running var U(0.5, 1.5);
+  Encoding layers keep their own init."""
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, (nn.Conv2d, nn.Linear)):
+        m.weight.normal_(0, (m.weight[0].numel())**-0.5, generator=generator)
+        if m.bias is not None:
+          m.bias.normal_(0, 0.1, generator=generator)
+      elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        m.weight.uniform_(0.5, 1.5, generator=generator)
+        m.bias.normal_(0, 0.1, generator=generator)
+        m.running_mean.normal_(0, 0.1, generator=generator)
+        m.running_var.uniform_(0.5, 1.5, generator=generator)
+  return module
+
+
 # ------------------------------------------------------------------------------------------------ model
 
 
 class Segmentor(nn.Module):
-  """Backbone (`pretrained`) and heads (`head`, `auxlayer`) -> dict of named outputs at feature resolution, as
-  ctxseg_jax's Segmentor: 'logits' always, training-only heads' outputs only in training mode."""
+  """Backbone and heads -> dict of named outputs at feature resolution, as ctxseg_jax's Segmentor: 'logits' always,
+  training-only heads' outputs only in training mode. `names` gives the attribute of the backbone and of each head
+  (ctxseg_jax name -> PyTorch name): PyTorch-Encoding's by default (`pretrained`, `head`, `auxlayer`)."""
 
-  def __init__(self, backbone: nn.Module, heads: dict[str, tuple[nn.Module, dict[str, Any]]]):
+  def __init__(self, backbone: nn.Module, heads: dict[str, tuple[nn.Module, dict[str, Any]]],
+               names: dict[str, str] = TORCH_NAMES):
     super().__init__()
-    self.pretrained = backbone
+    self._backbone = names['backbone']
+    setattr(self, self._backbone, backbone)
     self._wiring = {}
     for name, (module, wiring) in heads.items():
-      setattr(self, TORCH_NAMES[name], module)
-      self._wiring[TORCH_NAMES[name]] = wiring
+      setattr(self, names[name], module)
+      self._wiring[names[name]] = wiring
 
   def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    features = self.pretrained(x)
+    features = getattr(self, self._backbone)(x)
     outputs = {}
     for attribute, wiring in self._wiring.items():
       if wiring['train_only'] and not self.training:
@@ -328,32 +559,47 @@ class Segmentor(nn.Module):
     return outputs
 
 
-HEAD_OUTPUTS = {'fcn': ('logits',), 'enc': ('logits', 'se_logits')}
+HEAD_OUTPUTS = {'fcn': ('logits',), 'enc': ('logits', 'se_logits'), 'aspp': ('logits',)}
+# Whose module names a model built here has: PyTorch-Encoding's (resnet50s, EncHead, FCNHead) or mmseg's
+# (ResNetV1c, mmseg EncHead and FCNHead).
+LAYOUT_NAMES = {'pte': TORCH_NAMES, 'mmseg': {'backbone': 'backbone', 'decode_head': 'decode_head',
+                                              'aux_head': 'auxiliary_head'}}
 
 
 def _stage_channels(backbone: dict[str, Any]) -> list[int]:
   return [backbone['base_width'] * 2**stage * Bottleneck.expansion for stage in range(4)]
 
 
-def _build_head(head: dict[str, Any], in_channels: list[int], num_classes: int) -> nn.Module:
+def _build_head(head: dict[str, Any], in_channels: list[int], num_classes: int, layout: str) -> nn.Module:
   if head['type'] == 'fcn':
+    if layout == 'mmseg':
+      return MmsegFCNHead(in_channels[0], num_classes, channels=head['channels'], num_convs=head['num_convs'],
+                          concat_input=head['concat_input'], kernel_size=head['kernel_size'],
+                          dropout_rate=head['dropout'])
     if head['concat_input']:
       raise _unsupported("an 'fcn' head with concat_input (mmseg's form)")
     (cin,) = in_channels
     return FCNHead(cin, num_classes, channels=head['channels'], num_convs=head['num_convs'],
                    kernel_size=head['kernel_size'], conv_bias=head['conv_bias'], dropout_rate=head['dropout'],
                    dropout_mode=head['dropout_mode'], weight_init=head['weight_init'])
+  if head['type'] == 'aspp' and layout == 'mmseg':
+    return MmsegASPPHead(in_channels[0], num_classes, channels=head['channels'], dilations=head['dilations'],
+                         dropout_rate=head['dropout'])
   if head['type'] == 'enc':
-    return EncHead(in_channels, num_classes, channels=head['channels'], num_codes=head['num_codes'],
-                   lateral=head['lateral'], se_head=head['se_head'], dropout_rate=head['dropout'],
-                   dropout_mode=head['dropout_mode'])
+    cls = MmsegEncHead if layout == 'mmseg' else EncHead
+    return cls(in_channels, num_classes, channels=head['channels'], num_codes=head['num_codes'],
+               lateral=head['lateral'], se_head=head['se_head'], dropout_rate=head['dropout'],
+               dropout_mode=head['dropout_mode'])
   raise _unsupported(f"a {head['type']!r} head")
 
 
-def build_model(model: dict[str, Any], num_classes: int) -> Segmentor:
-  """The Segmentor of ctxseg_jax's `config.model.to_dict()` for `num_classes` classes (disabled heads left out)."""
+def build_model(model: dict[str, Any], num_classes: int, layout: str = 'pte') -> Segmentor:
+  """The Segmentor of ctxseg_jax's `config.model.to_dict()` for `num_classes` classes (disabled heads left out),
+  with the module names of `layout` (LAYOUT_NAMES)."""
   if model['dtype'] != 'float32':
     raise _unsupported(f"model.dtype {model['dtype']!r}")
+  if layout not in LAYOUT_NAMES:
+    raise _unsupported(f'the {layout!r} layout')
   backbone = model['backbone']
   if backbone['name'] != 'resnet':
     raise _unsupported(f"the {backbone['name']!r} backbone")
@@ -367,13 +613,13 @@ def build_model(model: dict[str, Any], num_classes: int) -> Segmentor:
     if head['input_transform'] != 'select' or head['reads_outputs']:
       raise _unsupported(f'head {name!r} wiring (input_transform {head["input_transform"]!r}, reads_outputs '
                          f'{head["reads_outputs"]!r})')
-    module = _build_head(head, [stages[i] for i in head['reads']], num_classes)
+    module = _build_head(head, [stages[i] for i in head['reads']], num_classes, layout)
     published = dict(zip(HEAD_OUTPUTS[head['type']], head['outputs']))
     heads[name] = (module, {'reads': tuple(head['reads']), 'train_only': head['train_only'], 'published': published})
   resnet = ResNet(depth=backbone['depth'], stem=backbone['stem'], base_width=backbone['base_width'],
                   output_stride=backbone['output_stride'], contract_dilation=backbone['contract_dilation'],
-                  zero_init_residual=backbone['zero_init_residual'])
-  return Segmentor(resnet, heads)
+                  zero_init_residual=backbone['zero_init_residual'], layout='mmseg' if layout == 'mmseg' else 'torch')
+  return Segmentor(resnet, heads, LAYOUT_NAMES[layout])
 
 
 def count_params(module: nn.Module) -> int:

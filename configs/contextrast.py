@@ -34,7 +34,7 @@ term's defaults (ctxseg_jax/losses/contextrast.py: lambda 0.1, 0.4, 0.7, 1.0 fro
 mixed 0.5 / 0.5 with the last layer's and normalised, 256 negatives per anchor with BANE's first, K = 50%, BANE
 error maps per true class). At inference the model is exactly the baseline's.
 
-Not yet reproduced here: the ImageNet-pretrained backbones (weight import is planned).
+Not yet reproduced here: the ImageNet-pretrained backbones (config.model.pretrained).
 """
 from ctxseg_jax import models, protocols
 from ctxseg_jax.config import base_config

@@ -11,7 +11,7 @@ Model: ResNetV1c-101 with dilations (1, 1, 2, 4); ASPPHead on stage 4: image poo
 branches (dilations 12, 24, 36), each a ConvModule 2048 -> 512, a 3x3 bottleneck 2560 -> 512, Dropout2d 0.1,
 1x1 classifier.
 
-Not yet reproduced here: the ImageNet-pretrained weights (open-mmlab://resnet101_v1c; weight import is planned).
+Not yet reproduced here: the ImageNet-pretrained weights (open-mmlab://resnet101_v1c; config.model.pretrained).
 
 python -m ctxseg_jax.main --config configs/deeplabv3_r101_cityscapes.py --config.data.root=/data/cityscapes
 """

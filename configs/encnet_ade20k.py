@@ -9,7 +9,7 @@ multiplier; EncHead without lateral connections, 32 codes, Dropout2d 0.1; CE wei
 crop 512x512 with cat_max_ratio 0.75, flip, PhotoMetricDistortion, padding with the mean colour; test:
 keep-ratio resize to scale (2048, 512), whole image, logits resized back and scored at the original resolution.
 
-Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned).
+Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (config.model.pretrained).
 Evaluation scores each image as mmseg does, at its own size: images are batched by size (eval.shape_bucket) and
 each is run as if alone in its padded batch (eval.image_regions; bench/exact_shape.py measures the agreement).
 Images are resized as mmseg's cv2 INTER_LINEAR does, bilinear without antialiasing (data.resize_antialias

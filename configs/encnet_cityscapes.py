@@ -10,7 +10,7 @@ multiplier; EncHead without lateral connections, 32 codes, Dropout2d 0.1; CE wei
 PhotoMetricDistortion, padding with the mean colour; test: keep-ratio resize to scale (2048, 1024) (the
 identity for Cityscapes images), whole image at 1024x2048.
 
-Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (weight import is planned).
+Not yet reproduced here: the ImageNet-pretrained resnet101_v1c weights (config.model.pretrained).
 Images are resized as mmseg's cv2 INTER_LINEAR does, bilinear without antialiasing (data.resize_antialias
 False; cv2's fixed-point rounding can be one grey level lower). Labels are resized nearest with half-pixel
 centres, src = floor((dst + 0.5) * in / out); mmseg's cv2 INTER_NEAREST takes floor(dst * in / out).

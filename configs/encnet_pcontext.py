@@ -15,7 +15,7 @@ resized to ceil(520 x scale) (align_corners True), 480x480 windows every 320 pix
 mirrored logits) summed over windows and scales, scored at the original resolution (PASCAL images are at most
 500x500: eval_label_size). Single scale: --config.eval.scales="(1.0,)" (still sliding and flipped, as
 PyTorch-Encoding's own single-scale test). Not yet reproduced here: the ImageNet-pretrained resnet101s weights
-(weight import is planned). Training images are resized with PIL's bilinear (data.resize_antialias True), as
+(config.model.pretrained). Training images are resized with PIL's bilinear (data.resize_antialias True), as
 PyTorch-Encoding does.
 PyTorch-Encoding's 80 x 312 = 24960 iterations drop the last partial batch of each epoch; the protocol's step
 count (24990) rounds up.

@@ -10,7 +10,7 @@ Protocol: that of configs/encnet_ade20k.py (4 GPUs x 4 images, SGD lr 0.01, wd 5
 Model: HRNetV2p-W48 (align_corners False); FCNHead (1x1 ConvModule 720 -> 720, no dropout, 1x1 classifier) on the
 concatenated stages.
 
-Not yet reproduced here: the ImageNet-pretrained weights (weight import is planned). Images are scored as if
+Not yet reproduced here: the ImageNet-pretrained weights (config.model.pretrained). Images are scored as if
 alone at their own size (eval.image_regions), except that HRNet's fusion resizes see the padding of the batch
 near each image's border (bench/exact_shape.py measures how much that changes).
 

@@ -9,7 +9,7 @@ pixels, no auxiliary loss; mmseg's augmentation (see configs/ocrnet_hr48_citysca
 Model: HRNetV2p-W48 (fusion upsampling align_corners False); FCNHead on the four branches resized to stride 4 and
 concatenated (720 channels): 1x1 ConvModule 720 -> 720, no dropout, 1x1 classifier.
 
-Not yet reproduced here: the ImageNet-pretrained weights (open-mmlab://msra/hrnetv2_w48; weight import is planned).
+Not yet reproduced here: the ImageNet-pretrained weights (open-mmlab://msra/hrnetv2_w48; config.model.pretrained).
 
 python -m ctxseg_jax.main --config configs/hrnet_w48_cityscapes.py --config.data.root=/data/cityscapes
 """

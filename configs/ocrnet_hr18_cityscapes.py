@@ -8,7 +8,7 @@ all pixels on the OCR logits 1.0 and the soft-region logits 0.4, mmseg's augment
 Model: HRNetV2p-W18 (18 + 36 + 72 + 144 = 270 concatenated channels); FCNHead (1x1 ConvModule 270 -> 270) publishing
 the soft regions; OCRHead 512 wide with 256 key channels, no dropout.
 
-Not yet reproduced here: the ImageNet-pretrained weights (open-mmlab://msra/hrnetv2_w18; weight import is planned).
+Not yet reproduced here: the ImageNet-pretrained weights (open-mmlab://msra/hrnetv2_w18; config.model.pretrained).
 
 python -m ctxseg_jax.main --config configs/ocrnet_hr18_cityscapes.py --config.data.root=/data/cityscapes
 """

@@ -17,7 +17,7 @@ resizes with align_corners True. Single scale by default; the ms+flip number: --
 (data.eval_size) are refused with a message naming that key.
 Model: as configs/ocrnet_hr48_cityscapes.py, with 150 classes.
 
-Not yet reproduced here: the ImageNet-pretrained HRNetV2-W48 weights (weight import is planned).
+Not yet reproduced here: the ImageNet-pretrained HRNetV2-W48 weights (config.model.pretrained).
 
 python -m ctxseg_jax.main --config configs/ocrnet_hr48_ade20k.py --config.data.root=/data/ADEChallengeData2016
 """

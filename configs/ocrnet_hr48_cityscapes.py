@@ -17,7 +17,7 @@ Model: HRNetV2-W48 (fusion upsampling align_corners True, convs N(0, 0.001)); th
 (3x3 conv 720 -> 512 with bias, BN, ReLU; gather; object attention with 256 key channels; 1x1 fusion 1024 -> 512;
 Dropout2d 0.05; 1x1 -> 19). The heads ('cls', 'aux' and 'ocr' modules) keep PyTorch's default Conv2d init.
 
-Not yet reproduced here: the ImageNet-pretrained HRNetV2-W48 weights (weight import is planned).
+Not yet reproduced here: the ImageNet-pretrained HRNetV2-W48 weights (config.model.pretrained).
 
 python -m ctxseg_jax.main --config configs/ocrnet_hr48_cityscapes.py --config.data.root=/data/cityscapes
 """

@@ -11,7 +11,7 @@ Model (CascadeEncoderDecoder): HRNetV2p-W48 (fusion upsampling align_corners Fal
 stages (1x1 ConvModule 720 -> 720 without bias, no dropout) publishing the soft regions; OCRHead (3x3 ConvModule
 720 -> 512 without bias, gather, object attention with 256 channels, 1x1 ConvModule 1024 -> 512, no dropout).
 
-Not yet reproduced here: the ImageNet-pretrained weights (open-mmlab://msra/hrnetv2_w48; weight import is planned);
+Not yet reproduced here: the ImageNet-pretrained weights (open-mmlab://msra/hrnetv2_w48; config.model.pretrained);
 mmseg runs its first head twice per training step (once for its loss, once for the OCR head's input), so its BN
 statistics update twice; here it runs once.
 

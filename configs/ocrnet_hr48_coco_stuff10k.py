@@ -18,7 +18,7 @@ COCO-Stuff's testval crops the multiple-of-8 padding from the summed scores befo
 (eval.crop_fit_padding); single scale by default, ms+flip: --config.eval.scales="(0.5, 0.75, 1.0, 1.25, 1.5, 1.75,
 2.0)" --config.eval.flip=True. Testval images longer than 1040 at short side 520 are refused (data.eval_size).
 
-Not yet reproduced here: the ImageNet-pretrained weights (weight import is planned).
+Not yet reproduced here: the ImageNet-pretrained weights (config.model.pretrained).
 
 python -m ctxseg_jax.main --config configs/ocrnet_hr48_coco_stuff10k.py --config.data.root=/data/coco_stuff10k
 """

@@ -15,7 +15,7 @@ ADE20K and COCO-Stuff datasets; the master branch's PASCAL-Context runs the orig
 --config.eval.short_side=0 --config.eval.fit_stride=1.)
 Model: as configs/ocrnet_hr48_cityscapes.py, with 59 classes.
 
-Not yet reproduced here: the ImageNet-pretrained weights (weight import is planned).
+Not yet reproduced here: the ImageNet-pretrained weights (config.model.pretrained).
 
 python -m ctxseg_jax.main --config configs/ocrnet_hr48_pcontext.py --config.data.root=/data/VOCdevkit/VOC2010
 """

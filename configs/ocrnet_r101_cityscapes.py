@@ -10,7 +10,7 @@ Model (CascadeEncoderDecoder): ResNetV1c-101, dilations (1, 1, 2, 4); FCNHead on
 256, Dropout2d 0.1, 1x1 classifier) publishing the soft regions, run at inference; OCRHead on stage 4 (3x3
 ConvModule 2048 -> 512, object attention with 256 channels, 1x1 ConvModule 1024 -> 512, Dropout2d 0.1).
 
-Not yet reproduced here: the ImageNet-pretrained weights (open-mmlab://resnet101_v1c; weight import is planned).
+Not yet reproduced here: the ImageNet-pretrained weights (open-mmlab://resnet101_v1c; config.model.pretrained).
 
 python -m ctxseg_jax.main --config configs/ocrnet_r101_cityscapes.py --config.data.root=/data/cityscapes
 """

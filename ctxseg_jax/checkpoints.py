@@ -35,6 +35,7 @@ STATE, DATA_ITER, CONFIG = 'state', 'data_iter', 'config'
 METRICS_FILE = 'checkpoint_metrics.json'
 DAMAGED_DIR = 'checkpoints_damaged'
 DATA_STREAM_KEY = '_data_stream'  # in the saved config: see Checkpointer.save
+IMPORTED_KEY = '_imported'  # in the saved config of imported weights (ctxseg_jax.tools.import_weights)
 
 
 class CheckpointMismatchError(ValueError):
@@ -112,16 +113,17 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_iter: grain.DatasetIterator | None,
            config: ml_collections.ConfigDict, metrics: dict[str, float] | None = None,
-           data_stream: dict[str, Any] | None = None) -> None:
+           data_stream: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
     """Starts an asynchronous save of `step` (returns once device buffers are copied). `metrics`, or those
     recorded later with `record_metrics`, rank it for the best-checkpoint retention.
 
     `data_stream` (what the data iterator's position means beyond the config, e.g. the split's size) is saved
-    in the 'config' item under DATA_STREAM_KEY.
+    in the 'config' item under DATA_STREAM_KEY; `extra` entries are added to that item as they are.
     """
     saved_config = json.loads(config.to_json_best_effort())
     if data_stream is not None:
       saved_config[DATA_STREAM_KEY] = data_stream
+    saved_config.update(extra or {})
     items = {STATE: ocp.args.PyTreeSave(state), CONFIG: ocp.args.JsonSave(saved_config)}
     if data_iter is not None:
       items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iter)
@@ -198,6 +200,17 @@ class Checkpointer:
       return {key: restored[key] for key in abstract_variables}
 
     return step, self._restore_or_explain(step, attempt)
+
+  def saved_variables(self, step: int | None = None) -> tuple[int, dict]:
+    """(step, {'params', 'batch_stats'} as numpy arrays in the shapes they were saved with) of `step` (default:
+    the latest), whatever model the config describes."""
+    step = self._existing_step(step)
+    saved = self._attempt(step, STATE, lambda: self._manager.item_metadata(step)[STATE])
+    wanted = {key: saved[key] for key in ('params', 'batch_stats') if key in saved}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    restored = self._attempt(step, STATE, lambda: self._manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.PyTreeRestore(wanted, restore_args=restore_args, partial_restore=True)}))[STATE])
+    return step, {key: restored[key] for key in wanted}
 
   def saved_config(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]

@@ -126,6 +126,7 @@ def main(argv: list[str]) -> None:
   from ctxseg_jax.checkpoints import CheckpointDamagedError, CheckpointMismatchError
   from ctxseg_jax.data.datasets.base import DataError
   from ctxseg_jax.progress import NonFiniteLossError
+  from ctxseg_jax.weights import ERRORS as WEIGHTS_ERRORS
 
   parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if config.name == 'base':
@@ -151,7 +152,7 @@ def main(argv: list[str]) -> None:
       from ctxseg_jax import check_data
       if check_data.check_data(config):
         sys.exit(1)
-  except (config_lib.ConfigError, storage.WorkdirError) as e:
+  except (config_lib.ConfigError, storage.WorkdirError, *WEIGHTS_ERRORS) as e:
     _fail(str(e))
   except storage.WriteError as e:
     _exit_now(f'Error: {e}')

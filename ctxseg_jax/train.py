@@ -21,7 +21,7 @@ import ml_collections
 from etils import epath
 
 from ctxseg_jax import experiment, optim, parallel, reporting, storage
-from ctxseg_jax.checkpoints import DATA_STREAM_KEY, Checkpointer
+from ctxseg_jax.checkpoints import DATA_STREAM_KEY, IMPORTED_KEY, Checkpointer
 from ctxseg_jax import config as config_lib
 from ctxseg_jax.config import ConfigError
 from ctxseg_jax.data import datasets, pipeline
@@ -111,6 +111,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
     reporting.console(f'Resumed from step {start_step} ({checkpointer.directory})')
   else:
     start_step, state = 0, exp.init_state()
+    if config.model.pretrained:
+      state = _from_pretrained(exp, state)
   writer = reporting.MetricWriter(workdir, resume_step=start_step if start_step else None,
                                   fresh_start=not start_step)
   reporting.console(f'{config.name}: {exp.info.name} ({len(train_source)} train images, '
@@ -205,6 +207,19 @@ def _report_stop(preemption: _Preemption, checkpointer: Checkpointer) -> None:
                       'command to resume.')
 
 
+def _from_pretrained(exp: experiment.Experiment, state):
+  """`state` with the backbone (or the whole model) read from config.model.pretrained; the rest, the optimizer
+  state included, as initialised."""
+  from ctxseg_jax.weights import pretrained
+  model = exp.config.model
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  imported = pretrained.load(model.pretrained, model, pretrained.shapes(variables), layout=model.pretrained_layout,
+                             skip=model.pretrained_skip)
+  variables = jax.device_put(pretrained.overlay(variables, imported), parallel.replicated(exp.mesh))
+  reporting.console(f'Initialised {pretrained.describe(imported)}')
+  return state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+
+
 # Keys whose change would make the saved data iterator position or the step mean something else: the stream's
 # order and augmentation draws (seed), the samples one step takes (global batch), grain's iterator state (worker
 # processes), and which samples the stream holds.
@@ -220,6 +235,9 @@ def _check_resumable(checkpointer: Checkpointer, saved: dict, config: ml_collect
   size, the number of processes), naming each with its saved and its new value."""
   saved_data, saved_optim = saved.get('data', {}), saved.get('optim', {})
   where = f'the checkpoint in {checkpointer.directory}'
+  if IMPORTED_KEY in saved:
+    raise ConfigError(f'{where} holds imported weights, not a training run: train from them in a new workdir with '
+                      f'--config.model.pretrained={checkpointer.directory.parent}')
   if saved_data.get('loader', 'grain') != 'grain':
     raise ConfigError(f'{where} was written by the tf.data loader, whose data iterator state grain cannot resume; '
                       'evaluate it with --mode eval, or train in a new workdir')

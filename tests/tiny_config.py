@@ -55,7 +55,21 @@ def use_contextrast(config, num_negatives: int = 32):
   return config
 
 
-def get_config():
+def resnet50_encnet_model(layout: str, stem: str | None = None):
+  """config.model of a tiny EncNet on a width-8 ResNet-50 as PyTorch-Encoding trains it on PASCAL-Context
+  (layout 'pte': resnet50s stem, lateral connections, element dropout) or as mmseg does ('mmseg': ResNetV1c, no
+  lateral, Dropout2d), with the 8-wide auxiliary FCN head: the forms bench/torch_reference.py builds."""
+  model = tiny_model_config('enc', lateral=layout == 'pte')
+  model.backbone = BACKBONES.config('resnet', depth=50, base_width=8, stem=stem or ('s' if layout == 'pte' else 'v1c'))
+  if layout == 'pte':
+    model.heads.decode_head.dropout_mode = 'element'
+    model.heads.aux_head.dropout_mode = 'element'
+  return model
+
+
+def get_config(variant: str = ''):
+  """The tiny config; variant 'encnet_pte' or 'encnet_mmseg' (as a config file: tests/tiny_config.py:encnet_pte)
+  swaps in resnet50_encnet_model(layout) with the SE-loss."""
   config = base_config()
   config.name = 'tiny'
   config.data.synthetic.image_size = 32
@@ -74,4 +88,7 @@ def get_config():
   config.train.eval_every = 0
   config.train.checkpoint_every = 3
   config.eval.batch_size = 8
+  if variant:
+    use_encnet(config)
+    config.model = resnet50_encnet_model(variant.removeprefix('encnet_'))
   return config

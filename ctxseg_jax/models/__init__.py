@@ -16,11 +16,14 @@ import ml_collections
 from ctxseg_jax import settings
 from ctxseg_jax.models.backbones import BACKBONES
 from ctxseg_jax.models.heads import HEADS, WIRING
+from ctxseg_jax.models.layers.conv import RUNNING_VARS
 from ctxseg_jax.models.segmentor import STAGE_FEATURES, HeadSpec, Segmentor
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 DTYPE = settings.Setting('float32', "compute dtype: 'float32' or 'bfloat16' (parameters stay float32)",
                          choices=tuple(DTYPES))
+BN_RUNNING_VAR = settings.Setting('unbiased', "BatchNorm running variance update in training: 'unbiased' (PyTorch, "
+                                  "which every reference trains with) or 'biased' (Flax)", choices=RUNNING_VARS)
 
 
 def model_config(backbone: ml_collections.ConfigDict,
@@ -28,8 +31,14 @@ def model_config(backbone: ml_collections.ConfigDict,
   """config.model from a backbone config and {head name: head config}."""
   config = ml_collections.ConfigDict()
   config.dtype = DTYPE.default
+  config.bn_running_var = BN_RUNNING_VAR.default
   config.backbone = backbone
   config.heads = ml_collections.ConfigDict(heads)
+  # Weights the run starts from at step 0 (never over a resumed run): a PyTorch .pth/.pt or .safetensors file,
+  # converted on the fly, or a folder written by ctxseg_jax.tools.import_weights. '' = none (see README).
+  config.pretrained = ''
+  config.pretrained_layout = ''   # the file's layout (ctxseg_jax.weights.layouts.LAYOUTS); '' = from its keys
+  config.pretrained_skip = ()     # regexes of tensors left at their initialisation, e.g. ('conv_seg', 'se_layer')
   return config
 
 
@@ -78,9 +87,10 @@ def head_outputs(model: ml_collections.ConfigDict, *, train: bool) -> list[str]:
 def problems(model: ml_collections.ConfigDict, prefix: str = 'model') -> list[str]:
   """Every problem of config.model: settings of the backbone and each head, and how the enabled heads are wired."""
   errors = []
-  problem = DTYPE.problem(f'{prefix}.dtype', model.dtype)
-  if problem:
-    errors.append(problem)
+  for key, setting in (('dtype', DTYPE), ('bn_running_var', BN_RUNNING_VAR)):
+    problem = setting.problem(f'{prefix}.{key}', model[key])
+    if problem:
+      errors.append(problem)
   errors += BACKBONES.problems(f'{prefix}.backbone', model.backbone)
   for name, head in model.heads.items():
     errors += HEADS.problems(f'{prefix}.heads.{name}', head)
@@ -154,7 +164,8 @@ def build_model(model: ml_collections.ConfigDict, num_classes: int) -> Segmentor
                **{key: _frozen(head[key]) for key in WIRING if key != 'enabled'},
                local_outputs=HEADS[head.type].outputs)
       for name, head in ((name, model.heads[name]) for name in running_order(model.heads)))
-  return Segmentor(backbone=BACKBONES[model.backbone.name].build(model.backbone, dtype=dtype), heads=heads)
+  return Segmentor(backbone=BACKBONES[model.backbone.name].build(model.backbone, dtype=dtype), heads=heads,
+                   bn_running_var=model.bn_running_var)
 
 
 def _frozen(value: Any) -> Any:

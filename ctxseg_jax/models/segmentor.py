@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ctxseg_jax.models.heads.fcn import CLASSIFIER_INPUT
+from ctxseg_jax.models.layers.conv import running_var
 from ctxseg_jax.models.layers.valid_region import ValidRegion, resize_within, zero_padding
 
 INPUT_TRANSFORMS = ('select', 'resize_concat')
@@ -78,9 +79,12 @@ class Segmentor(nn.Module):
   Attributes:
     backbone: module mapping (B, H, W, 3) images to a list of stage outputs; called as backbone(x, train=...).
     heads: the heads in the order they run.
+    bn_running_var: how every BatchNorm of the model updates its running variance in training: 'unbiased'
+      (PyTorch) or 'biased' (Flax); see layers.conv.running_var.
   """
   backbone: nn.Module
   heads: tuple[HeadSpec, ...]
+  bn_running_var: str = 'biased'
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool, valid_size: jax.Array | None = None) -> dict[str, jax.Array]:
@@ -92,28 +96,32 @@ class Segmentor(nn.Module):
     gather, HRNet's fusion) do so within each image's region, as on the image alone (layers.valid_region).
     """
     valid = None if valid_size is None else ValidRegion(valid_size, images.shape[1:3])
-    with nn.intercept_methods(zero_padding(valid)) if valid is not None else contextlib.nullcontext():
-      features = self.backbone(images, train=train, **_region_argument(self.backbone, valid))
-      outputs = {}
-      for spec in self.heads:
-        if spec.train_only and not train:
-          continue
-        inputs = [outputs[name] for name in spec.reads_outputs]
-        x = head_input(features, spec, valid)
-        if x is not None:
-          inputs.insert(0, x)
-        head = spec.module.clone(parent=self, name=spec.name)
-        result = head(*inputs, train=train, **_region_argument(head, valid))
-        if not isinstance(result, dict):
-          result = {spec.local_outputs[0]: result}
-        published = dict(zip(spec.local_outputs, spec.outputs))
-        outputs.update({published[local]: value for local, value in result.items()})
-      if 'logits' not in outputs:
-        raise ValueError(f'no head published "logits"; outputs are {sorted(outputs)}')
-      outputs = {name: value.astype(jnp.float32) for name, value in outputs.items()}
-      if train:
-        outputs[STAGE_FEATURES] = tuple(features)
-      return outputs
+    regions = nn.intercept_methods(zero_padding(valid)) if valid is not None else contextlib.nullcontext()
+    with running_var(self.bn_running_var), regions:
+      return self._forward(images, train, valid)
+
+  def _forward(self, images: jax.Array, train: bool, valid: ValidRegion | None) -> dict[str, jax.Array]:
+    features = self.backbone(images, train=train, **_region_argument(self.backbone, valid))
+    outputs = {}
+    for spec in self.heads:
+      if spec.train_only and not train:
+        continue
+      inputs = [outputs[name] for name in spec.reads_outputs]
+      x = head_input(features, spec, valid)
+      if x is not None:
+        inputs.insert(0, x)
+      head = spec.module.clone(parent=self, name=spec.name)
+      result = head(*inputs, train=train, **_region_argument(head, valid))
+      if not isinstance(result, dict):
+        result = {spec.local_outputs[0]: result}
+      published = dict(zip(spec.local_outputs, spec.outputs))
+      outputs.update({published[local]: value for local, value in result.items()})
+    if 'logits' not in outputs:
+      raise ValueError(f'no head published "logits"; outputs are {sorted(outputs)}')
+    outputs = {name: value.astype(jnp.float32) for name, value in outputs.items()}
+    if train:
+      outputs[STAGE_FEATURES] = tuple(features)
+    return outputs
 
 
 def _region_argument(module: nn.Module, valid: ValidRegion | None) -> dict:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from ctxseg_jax import settings
 from ctxseg_jax.models.heads.base import HeadType
 from ctxseg_jax.models.heads.fcn import DROPOUT_SETTINGS, classifier_dropout, conv_seg
-from ctxseg_jax.models.layers.conv import BN_EPSILON, BN_MOMENTUM, ConvBNReLU
+from ctxseg_jax.models.layers.conv import ConvBNReLU, batch_norm
 from ctxseg_jax.models.layers.encoding import Encoding
 from ctxseg_jax.models.layers.linear import torch_linear
 from ctxseg_jax.models.layers.valid_region import ValidRegion, mask_of, resize_within
@@ -51,9 +51,7 @@ class EncModule(nn.Module):
     channels = x.shape[-1]
     projected = ConvBNReLU(channels, 1, dtype=self.dtype, name='encoding_project')(x, train=train)
     codes = Encoding(num_codes=self.num_codes, dtype=self.dtype, name='encoding')(projected, mask_of(valid, x))
-    codes = nn.BatchNorm(use_running_average=not train, axis=1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                         dtype=jnp.float32, param_dtype=jnp.float32, name='encoding_norm')(
-                             codes.astype(jnp.float32))
+    codes = batch_norm(train=train, axis=1, name='encoding_norm')(codes.astype(jnp.float32))
     encoded = jnp.mean(nn.relu(codes), axis=1)
     gamma = nn.sigmoid(torch_linear(channels, channels, name='fc')(encoded))
     x = x.astype(self.dtype)

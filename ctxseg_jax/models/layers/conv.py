@@ -4,7 +4,9 @@ Layouts are NHWC with HWIO kernels. Parameters are float32; `dtype` sets the com
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import contextvars
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -88,18 +90,67 @@ def conv2d(features: int,
       name=name)
 
 
+# How BatchNorm updates its running variance in training: 'unbiased' (PyTorch: the batch variance times n / (n - 1),
+# n the values per channel) or 'biased' (Flax: the batch variance). Normalisation uses the biased one either way.
+RUNNING_VARS = ('unbiased', 'biased')
+_RUNNING_VAR = contextvars.ContextVar('running_var', default='biased')
+
+
+@contextlib.contextmanager
+def running_var(convention: str) -> Iterator[None]:
+  """Within the block, every `BatchNorm` called updates its running variance by `convention` (RUNNING_VARS).
+
+  The Segmentor sets it around its forward pass from config.model.bn_running_var, so that the convention reaches
+  every BatchNorm of the backbone and heads without an attribute on each module.
+  """
+  if convention not in RUNNING_VARS:
+    raise ValueError(f'BatchNorm running variance {convention!r} is not supported; choose one of {list(RUNNING_VARS)}')
+  token = _RUNNING_VAR.set(convention)
+  try:
+    yield
+  finally:
+    _RUNNING_VAR.reset(token)
+
+
+class BatchNorm(nn.BatchNorm):
+  """nn.BatchNorm whose running variance follows the `running_var` convention in effect when it is called.
+
+  With 'unbiased', a training step leaves var = m * var_old + (1 - m) * var_batch * n / (n - 1), as
+  torch.nn.BatchNorm updates running_var, so fine-tuning from PyTorch weights continues the same statistics.
+  Flax has just stored m * var_old + (1 - m) * var_batch; that is rescaled exactly, without a second pass over x.
+  """
+
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None, **kwargs) -> jax.Array:
+    unbiased = _RUNNING_VAR.get() == 'unbiased'
+    old = self.get_variable('batch_stats', 'var') if unbiased else None
+    y = super().__call__(x, use_running_average, **kwargs)
+    training = not nn.merge_param('use_running_average', self.use_running_average, use_running_average)
+    if unbiased and training and old is not None and not self.is_initializing():
+      axes = {a % x.ndim for a in ((self.axis,) if isinstance(self.axis, int) else self.axis)}
+      n = 1
+      for a in range(x.ndim):
+        n *= 1 if a in axes else x.shape[a]
+      stored = self.get_variable('batch_stats', 'var')
+      # stored - m * old = (1 - m) * var_batch; add (1 - m) * var_batch / (n - 1).
+      self.put_variable('batch_stats', 'var', (n * stored - self.momentum * old) / max(n - 1, 1))
+    return y
+
+
 def batch_norm(*,
                train: bool,
                dtype: Dtype = jnp.float32,
                scale_init: Initializer = nn.initializers.ones,
-               name: str | None = None) -> nn.BatchNorm:
-  """BatchNorm over the channel (last) axis with PyTorch defaults: momentum 0.1, eps 1e-5, scale 1, bias 0.
+               axis: int = -1,
+               name: str | None = None) -> BatchNorm:
+  """BatchNorm over `axis` (default the channels, last) with PyTorch defaults: momentum 0.1, eps 1e-5, scale 1,
+  bias 0; the running variance follows `running_var`.
 
   In training mode the statistics are those of the whole (global) batch seen by the jitted computation, which
   is SyncBN when the batch is sharded over devices. Statistics are reduced in float32 whatever `dtype` is.
   """
-  return nn.BatchNorm(
+  return BatchNorm(
       use_running_average=not train,
+      axis=axis,
       momentum=BN_MOMENTUM,
       epsilon=BN_EPSILON,
       dtype=dtype,

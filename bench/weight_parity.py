@@ -34,7 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import torch  # noqa: E402
 
 from bench import torch_reference as ref  # noqa: E402
-from bench.train_step import load_config  # noqa: E402
+from bench.harness import load_config  # noqa: E402
 from ctxseg_jax.models import build_model  # noqa: E402
 from ctxseg_jax.models.backbones import BACKBONES  # noqa: E402
 from ctxseg_jax.weights import convert, pretrained  # noqa: E402

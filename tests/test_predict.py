@@ -121,7 +121,8 @@ def test_unreadable_or_too_large_image_is_an_error_naming_it(checkpoint, tmp_pat
   config, workdir, _ = checkpoint
   _write_images(tmp_path / 'in')
   (tmp_path / 'in' / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n truncated')
-  with pytest.raises(DataError, match=r'in/broken\.png: cannot decode the image .*fix or remove it'):
+  # The planning pass reads every image's header first (eval_plan): a broken file is named there.
+  with pytest.raises(DataError, match=r'in/broken\.png: cannot read the image header .*fix or remove it'):
     predict.predict(config, workdir, tmp_path / 'out', input_path=str(tmp_path / 'in'))
   Image.new('RGB', (40, 30)).save(tmp_path / 'large.png')
   with pytest.raises(DataError, match=r'large\.png: .*larger than .*--config\.data\.eval_size'):

@@ -15,10 +15,16 @@ PyTorch SGD (weight decay added to the gradient, momentum without dampening) wit
 multipliers and polynomial schedule. The Encoding layer is computed in the (B, N, K, D) broadcast form, as
 PyTorch-Encoding's CPU kernels and mmseg write it.
 
+For the weight-import parity checks (tests/test_weights.py, bench/weight_parity.py) `build_model` also names the
+modules of other published layouts: mmseg's (ResNetV1c or HRNetV2; FCNHead, EncHead, ASPPHead), mmseg's OCRNet
+(CascadeEncoderDecoder: `decode_head.0` the soft-region FCNHead, `decode_head.1` the OCRHead) and HRNet-OCR's
+(seg_hrnet_ocr.py's HighResolutionNet with conv3x3_ocr, ocr_distri_head, cls_head and aux_head, inside its
+FullModel); their forward passes are the eval-mode ones these checks compare.
+
 Used by bench/train_step.py (timing); built from `config.model.to_dict()`, `config.loss.to_dict()` and
-`config.optim.to_dict()` so that it needs neither JAX nor ctxseg_jax. Only what the PyTorch-Encoding protocol uses
-is covered (ResNet-50/101/152 backbones, 'fcn' heads without input concat, 'enc' heads, 'cross_entropy' and 'se'
-loss terms); anything else raises NotImplementedError.
+`config.optim.to_dict()` so that it needs neither JAX nor ctxseg_jax. The training step covers only what the
+PyTorch-Encoding protocol uses (ResNet-50/101/152 backbones, 'fcn' heads without input concat, 'enc' heads,
+'cross_entropy' and 'se' loss terms); anything else raises NotImplementedError.
 """
 from __future__ import annotations
 

@@ -15,10 +15,16 @@ PyTorch SGD (weight decay added to the gradient, momentum without dampening) wit
 multipliers and polynomial schedule. The Encoding layer is computed in the (B, N, K, D) broadcast form, as
 PyTorch-Encoding's CPU kernels and mmseg write it.
 
+For the weight-import parity checks (tests/test_weights.py, bench/weight_parity.py) `build_model` also names the
+modules of other published layouts: mmseg's (ResNetV1c or HRNetV2; FCNHead, EncHead, ASPPHead), mmseg's OCRNet
+(CascadeEncoderDecoder: `decode_head.0` the soft-region FCNHead, `decode_head.1` the OCRHead) and HRNet-OCR's
+(seg_hrnet_ocr.py's HighResolutionNet with conv3x3_ocr, ocr_distri_head, cls_head and aux_head, inside its
+FullModel); their forward passes are the eval-mode ones these checks compare.
+
 Used by bench/train_step.py (timing); built from `config.model.to_dict()`, `config.loss.to_dict()` and
-`config.optim.to_dict()` so that it needs neither JAX nor ctxseg_jax. Only what the PyTorch-Encoding protocol uses
-is covered (ResNet-50/101/152 backbones, 'fcn' heads without input concat, 'enc' heads, 'cross_entropy' and 'se'
-loss terms); anything else raises NotImplementedError.
+`config.optim.to_dict()` so that it needs neither JAX nor ctxseg_jax. The training step covers only what the
+PyTorch-Encoding protocol uses (ResNet-50/101/152 backbones, 'fcn' heads without input concat, 'enc' heads,
+'cross_entropy' and 'se' loss terms); anything else raises NotImplementedError.
 """
 from __future__ import annotations
 
@@ -510,6 +516,150 @@ class HRNet(nn.Module):
     return branches
 
 
+# ------------------------------------------------------------------------------------------------ OCRNet
+
+
+def resize_concat(features: Sequence[torch.Tensor], align_corners: bool) -> torch.Tensor:
+  """Every feature map bilinearly resized to the first one's size, concatenated on channels (HRNetV2's head input,
+  mmseg's input_transform='resize_concat')."""
+  size = features[0].shape[2:]
+  return torch.cat([x if x.shape[2:] == size else F.interpolate(x, size, mode='bilinear', align_corners=align_corners)
+                    for x in features], dim=1)
+
+
+def gather_objects(feats: torch.Tensor, region_logits: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+  """OCR's spatial gather: (B, C, H, W) features, (B, K, H, W) region logits -> (B, C, K, 1) object representations,
+  the features averaged with softmax over positions of scale * logits_k."""
+  weights = F.softmax(scale * region_logits.flatten(2), dim=2)  # (B, K, HW)
+  return torch.matmul(weights, feats.flatten(2).transpose(1, 2)).transpose(1, 2).unsqueeze(3)
+
+
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+  """OCR's object attention: (B, C', H, W) pixel queries, (B, C', K, 1) region keys and values -> (B, C', H, W)
+  context, each pixel's softmax over the K regions of q.k / sqrt(C') weighting the values."""
+  batch, channels, height, width = query.shape
+  relation = torch.matmul(query.flatten(2).transpose(1, 2), key.flatten(2)) * channels**-0.5  # (B, HW, K)
+  context = torch.matmul(F.softmax(relation, dim=-1), value.flatten(2).transpose(1, 2))  # (B, HW, C')
+  return context.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def _conv_bnrelu(cin: int, cout: int) -> list[nn.Module]:
+  """HRNet-OCR's [1x1 conv (no bias), ModuleHelper.BNReLU = Sequential(BatchNorm2d, ReLU)]."""
+  return [nn.Conv2d(cin, cout, 1, bias=False), nn.Sequential(nn.BatchNorm2d(cout), nn.ReLU())]
+
+
+class ObjectAttentionBlock(nn.Module):
+  """HRNet-OCR's _ObjectAttentionBlock (scale 1): `f_pixel` and `f_object` two [1x1 conv, BNReLU] C -> C', `f_down`
+  one, `f_up` one C' -> C; (B, C, H, W) pixels, (B, C, K, 1) objects -> (B, C, H, W) context."""
+
+  def __init__(self, channels: int, key_channels: int):
+    super().__init__()
+    self.f_pixel = nn.Sequential(*_conv_bnrelu(channels, key_channels), *_conv_bnrelu(key_channels, key_channels))
+    self.f_object = nn.Sequential(*_conv_bnrelu(channels, key_channels), *_conv_bnrelu(key_channels, key_channels))
+    self.f_down = nn.Sequential(*_conv_bnrelu(channels, key_channels))
+    self.f_up = nn.Sequential(*_conv_bnrelu(key_channels, channels))
+
+  def forward(self, x: torch.Tensor, proxy: torch.Tensor) -> torch.Tensor:
+    return self.f_up(attend(self.f_pixel(x), self.f_object(proxy), self.f_down(proxy)))
+
+
+class SpatialGather(nn.Module):
+  """HRNet-OCR's SpatialGather_Module (no parameters): `gather_objects` at scale 1."""
+
+  def forward(self, feats: torch.Tensor, region_logits: torch.Tensor) -> torch.Tensor:
+    return gather_objects(feats, region_logits)
+
+
+class SpatialOCR(nn.Module):
+  """HRNet-OCR's SpatialOCR_Module: `object_context_block`, then `conv_bn_dropout` = [1x1 conv 2C -> C (no bias),
+  BNReLU, Dropout2d] on [context, features]."""
+
+  def __init__(self, channels: int, key_channels: int, dropout_rate: float):
+    super().__init__()
+    self.object_context_block = ObjectAttentionBlock(channels, key_channels)
+    self.conv_bn_dropout = nn.Sequential(*_conv_bnrelu(2 * channels, channels), nn.Dropout2d(dropout_rate))
+
+  def forward(self, feats: torch.Tensor, proxy: torch.Tensor) -> torch.Tensor:
+    return self.conv_bn_dropout(torch.cat([self.object_context_block(feats, proxy), feats], dim=1))
+
+
+class HRNetOCR(HRNet):
+  """HRNet-OCR's HighResolutionNet (seg_hrnet_ocr.py): the HRNetV2 modules, then on the concatenated branches
+  (15 x width channels, resized with `align_corners`) `aux_head` = [1x1 conv with bias, BN, ReLU, 1x1 conv -> K]
+  (the soft regions), `conv3x3_ocr` = [3x3 conv with bias -> C, BN, ReLU], `ocr_gather_head`, `ocr_distri_head`
+  and `cls_head` (1x1 conv -> K). (B, 3, H, W) -> {'logits', 'aux_logits'}, both (B, K, H/4, W/4)."""
+
+  def __init__(self, num_classes: int, width: int = 48, depth: str = 'full', align_corners: bool = True, *,
+               channels: int = 512, key_channels: int = 256, dropout_rate: float = 0.05):
+    super().__init__(width, depth, align_corners)
+    self.align_corners = align_corners
+    concat = 15 * width
+    self.conv3x3_ocr = nn.Sequential(*conv_bn_relu(concat, channels, 3, bias=True))
+    self.ocr_gather_head = SpatialGather()
+    self.ocr_distri_head = SpatialOCR(channels, key_channels, dropout_rate)
+    self.cls_head = nn.Conv2d(channels, num_classes, 1)
+    self.aux_head = nn.Sequential(*conv_bn_relu(concat, concat, 1, bias=True), nn.Conv2d(concat, num_classes, 1))
+
+  def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    feats = resize_concat(super().forward(x), self.align_corners)
+    aux = self.aux_head(feats)
+    feats = self.conv3x3_ocr(feats)
+    feats = self.ocr_distri_head(feats, self.ocr_gather_head(feats, aux))
+    return {'logits': self.cls_head(feats), 'aux_logits': aux}
+
+
+class FullModel(nn.Module):
+  """HRNet-Semantic-Segmentation's FullModel, whose state dict its released checkpoints are: `model` (keys
+  `model.*`) and `loss`, here a CrossEntropyLoss with class weights, a buffer (`loss.criterion.weight`) as the
+  Cityscapes models hold."""
+
+  def __init__(self, model: nn.Module, num_classes: int):
+    super().__init__()
+    self.model = model
+    self.loss = nn.Module()
+    self.loss.criterion = nn.CrossEntropyLoss(weight=torch.ones(num_classes))
+
+  def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return self.model(x)
+
+
+class MmsegObjectAttentionBlock(nn.Module):
+  """mmseg's OCR ObjectAttentionBlock (a SelfAttentionBlock, scale 1): `query_project` and `key_project` two 1x1
+  ConvModules C -> C', `value_project` one, `out_project` C' -> C, then `bottleneck` 1x1 ConvModule 2C -> C on
+  [context, pixels]."""
+
+  def __init__(self, channels: int, key_channels: int):
+    super().__init__()
+    self.key_project = nn.Sequential(ConvModule(channels, key_channels, 1), ConvModule(key_channels, key_channels, 1))
+    self.query_project = nn.Sequential(ConvModule(channels, key_channels, 1),
+                                       ConvModule(key_channels, key_channels, 1))
+    self.value_project = ConvModule(channels, key_channels, 1)
+    self.out_project = ConvModule(key_channels, channels, 1)
+    self.bottleneck = ConvModule(2 * channels, channels, 1)
+
+  def forward(self, feats: torch.Tensor, proxy: torch.Tensor) -> torch.Tensor:
+    context = attend(self.query_project(feats), self.key_project(proxy), self.value_project(proxy))
+    return self.bottleneck(torch.cat([self.out_project(context), feats], dim=1))
+
+
+class MmsegOCRHead(nn.Module):
+  """mmseg's OCRHead: `bottleneck` 3x3 ConvModule -> C, the spatial gather over the previous head's logits,
+  `object_context_block`, Dropout2d (when the rate is above 0), `conv_seg`."""
+
+  def __init__(self, in_channels: int, num_classes: int, *, channels: int, key_channels: int,
+               dropout_rate: float = 0.1):
+    super().__init__()
+    self.bottleneck = ConvModule(in_channels, channels, 3)
+    self.object_context_block = MmsegObjectAttentionBlock(channels, key_channels)
+    self.dropout = nn.Dropout2d(dropout_rate) if dropout_rate > 0 else nn.Identity()
+    self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+
+  def forward(self, x: torch.Tensor, prev_output: torch.Tensor) -> dict[str, torch.Tensor]:
+    feats = self.bottleneck(x)
+    feats = self.object_context_block(feats, gather_objects(feats, prev_output))
+    return {'logits': self.conv_seg(self.dropout(feats))}
+
+
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
   """Random weights and BN statistics for output-parity tests: every conv and Linear weight N(0, 1 / fan_in),
   biases N(0, 0.1), BN weight U(0.5, 1.5), bias N(0, 0.1), running mean N(0, 0.1), running var U(0.5, 1.5);
@@ -553,26 +703,71 @@ class Segmentor(nn.Module):
     for attribute, wiring in self._wiring.items():
       if wiring['train_only'] and not self.training:
         continue
-      selected = [features[i] for i in wiring['reads']]
-      result = getattr(self, attribute)(selected[0] if len(selected) == 1 else selected)
+      result = getattr(self, attribute)(head_input(features, wiring))
       outputs.update({wiring['published'][local]: value for local, value in result.items()})
     return outputs
 
 
-HEAD_OUTPUTS = {'fcn': ('logits',), 'enc': ('logits', 'se_logits'), 'aspp': ('logits',)}
+def head_input(features: Sequence[torch.Tensor], wiring: dict[str, Any]) -> torch.Tensor | list[torch.Tensor]:
+  """The stages a head reads (`wiring['reads']`): one map, a list, or with input_transform 'resize_concat' their
+  concatenation (`resize_concat`, the wiring's align_corners)."""
+  selected = [features[i] for i in wiring['reads']]
+  if wiring.get('input_transform') == 'resize_concat':
+    return resize_concat(selected, wiring['align_corners'])
+  return selected[0] if len(selected) == 1 else selected
+
+
+class MmsegCascade(nn.Module):
+  """mmseg's CascadeEncoderDecoder: `backbone` and `decode_head`, a ModuleList of heads each of which after the
+  first also reads the previous head's logits (OCRNet: the soft-region FCNHead, then the OCRHead). (B, 3, H, W) ->
+  {published name: logits (B, K, h, w)} of every head."""
+
+  def __init__(self, backbone: nn.Module, heads: Sequence[tuple[nn.Module, dict[str, Any]]]):
+    super().__init__()
+    self.backbone = backbone
+    self.decode_head = nn.ModuleList([module for module, _ in heads])
+    self._wiring = [wiring for _, wiring in heads]
+
+  def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    features = self.backbone(x)
+    outputs, previous = {}, ()
+    for head, wiring in zip(self.decode_head, self._wiring):
+      logits = head(head_input(features, wiring), *previous)['logits']
+      outputs[wiring['published']['logits']] = logits
+      previous = (logits,)
+    return outputs
+
+
+HEAD_OUTPUTS = {'fcn': ('logits',), 'enc': ('logits', 'se_logits'), 'aspp': ('logits',), 'ocr': ('logits',)}
 # Whose module names a model built here has: PyTorch-Encoding's (resnet50s, EncHead, FCNHead) or mmseg's
-# (ResNetV1c, mmseg EncHead and FCNHead).
+# (ResNetV1c or HRNet, mmseg EncHead, FCNHead and ASPPHead); 'mmseg_cascade' (mmseg's OCRNet: MmsegCascade) and
+# 'hrnet_ocr' (HRNet-OCR: FullModel of HRNetOCR) have their own modules.
 LAYOUT_NAMES = {'pte': TORCH_NAMES, 'mmseg': {'backbone': 'backbone', 'decode_head': 'decode_head',
                                               'aux_head': 'auxiliary_head'}}
+LAYOUTS = (*LAYOUT_NAMES, 'mmseg_cascade', 'hrnet_ocr')
 
 
 def _stage_channels(backbone: dict[str, Any]) -> list[int]:
   return [backbone['base_width'] * 2**stage * Bottleneck.expansion for stage in range(4)]
 
 
+def _build_backbone(backbone: dict[str, Any], layout: str) -> tuple[nn.Module, list[int]]:
+  """(The backbone of ctxseg_jax's `config.model.backbone.to_dict()`, its stage widths)."""
+  if backbone['name'] == 'resnet':
+    return ResNet(depth=backbone['depth'], stem=backbone['stem'], base_width=backbone['base_width'],
+                  output_stride=backbone['output_stride'], contract_dilation=backbone['contract_dilation'],
+                  zero_init_residual=backbone['zero_init_residual'],
+                  layout='torch' if layout == 'pte' else 'mmseg'), _stage_channels(backbone)
+  if backbone['name'] == 'hrnet' and layout != 'pte':
+    return (HRNet(backbone['width'], backbone['depth'], backbone['align_corners']),
+            [backbone['width'] * 2**i for i in range(4)])
+  raise _unsupported(f"the {backbone['name']!r} backbone in the {layout!r} layout")
+
+
 def _build_head(head: dict[str, Any], in_channels: list[int], num_classes: int, layout: str) -> nn.Module:
+  mmseg = layout in ('mmseg', 'mmseg_cascade')
   if head['type'] == 'fcn':
-    if layout == 'mmseg':
+    if mmseg:
       return MmsegFCNHead(in_channels[0], num_classes, channels=head['channels'], num_convs=head['num_convs'],
                           concat_input=head['concat_input'], kernel_size=head['kernel_size'],
                           dropout_rate=head['dropout'])
@@ -582,44 +777,89 @@ def _build_head(head: dict[str, Any], in_channels: list[int], num_classes: int, 
     return FCNHead(cin, num_classes, channels=head['channels'], num_convs=head['num_convs'],
                    kernel_size=head['kernel_size'], conv_bias=head['conv_bias'], dropout_rate=head['dropout'],
                    dropout_mode=head['dropout_mode'], weight_init=head['weight_init'])
-  if head['type'] == 'aspp' and layout == 'mmseg':
+  if head['type'] == 'aspp' and mmseg:
     return MmsegASPPHead(in_channels[0], num_classes, channels=head['channels'], dilations=head['dilations'],
                          dropout_rate=head['dropout'])
   if head['type'] == 'enc':
-    cls = MmsegEncHead if layout == 'mmseg' else EncHead
+    cls = MmsegEncHead if mmseg else EncHead
     return cls(in_channels, num_classes, channels=head['channels'], num_codes=head['num_codes'],
                lateral=head['lateral'], se_head=head['se_head'], dropout_rate=head['dropout'],
                dropout_mode=head['dropout_mode'])
-  raise _unsupported(f"a {head['type']!r} head")
+  if head['type'] == 'ocr' and layout == 'mmseg_cascade':
+    if head['bottleneck_bias'] or head['gather_scale'] != 1 or head['dropout_mode'] != 'channel':
+      raise _unsupported("an 'ocr' head other than mmseg's (bias-free bottleneck, gather scale 1, Dropout2d)")
+    return MmsegOCRHead(in_channels[0], num_classes, channels=head['channels'], key_channels=head['key_channels'],
+                        dropout_rate=head['dropout'])
+  raise _unsupported(f"a {head['type']!r} head in the {layout!r} layout")
 
 
-def build_model(model: dict[str, Any], num_classes: int, layout: str = 'pte') -> Segmentor:
-  """The Segmentor of ctxseg_jax's `config.model.to_dict()` for `num_classes` classes (disabled heads left out),
-  with the module names of `layout` (LAYOUT_NAMES)."""
-  if model['dtype'] != 'float32':
-    raise _unsupported(f"model.dtype {model['dtype']!r}")
-  if layout not in LAYOUT_NAMES:
-    raise _unsupported(f'the {layout!r} layout')
-  backbone = model['backbone']
-  if backbone['name'] != 'resnet':
-    raise _unsupported(f"the {backbone['name']!r} backbone")
-  stages = _stage_channels(backbone)
+def _build_heads(model: dict[str, Any], stages: list[int], num_classes: int,
+                 layout: str) -> dict[str, tuple[nn.Module, dict[str, Any]]]:
+  """{ctxseg_jax head name: (module, wiring)} of the enabled heads, in running order (heads reading other heads'
+  outputs after those, training-only ones last); the wiring is what `head_input` and the models read."""
   heads = {}
-  for name, head in sorted(model['heads'].items(), key=lambda item: (item[1]['train_only'], item[0])):
+  order = lambda item: (item[1]['train_only'], bool(item[1]['reads_outputs']), item[0])  # noqa: E731
+  for name, head in sorted(model['heads'].items(), key=order):
     if not head['enabled']:
       continue
     if name not in TORCH_NAMES or head['type'] not in HEAD_OUTPUTS:
       raise _unsupported(f"head {name!r} of type {head['type']!r}")
-    if head['input_transform'] != 'select' or head['reads_outputs']:
-      raise _unsupported(f'head {name!r} wiring (input_transform {head["input_transform"]!r}, reads_outputs '
-                         f'{head["reads_outputs"]!r})')
-    module = _build_head(head, [stages[i] for i in head['reads']], num_classes, layout)
+    reads_logits = head['reads_outputs'] == ('aux_logits',) and 'aux_logits' in model['heads']['aux_head']['outputs']
+    if head['reads_outputs'] and not (layout == 'mmseg_cascade' and reads_logits):
+      raise _unsupported(f"head {name!r} reading outputs {head['reads_outputs']!r} in the {layout!r} layout")
+    in_channels = [stages[i] for i in head['reads']]
+    if head['input_transform'] == 'resize_concat':
+      in_channels = [sum(in_channels)]
+    module = _build_head(head, in_channels, num_classes, layout)
     published = dict(zip(HEAD_OUTPUTS[head['type']], head['outputs']))
-    heads[name] = (module, {'reads': tuple(head['reads']), 'train_only': head['train_only'], 'published': published})
-  resnet = ResNet(depth=backbone['depth'], stem=backbone['stem'], base_width=backbone['base_width'],
-                  output_stride=backbone['output_stride'], contract_dilation=backbone['contract_dilation'],
-                  zero_init_residual=backbone['zero_init_residual'], layout='mmseg' if layout == 'mmseg' else 'torch')
-  return Segmentor(resnet, heads, LAYOUT_NAMES[layout])
+    heads[name] = (module, {'reads': tuple(head['reads']), 'input_transform': head['input_transform'],
+                            'align_corners': head['align_corners'], 'train_only': head['train_only'],
+                            'published': published})
+  return heads
+
+
+def _build_hrnet_ocr(model: dict[str, Any], num_classes: int) -> FullModel:
+  """HRNet-OCR's FullModel of HRNetOCR, for a config of that form: an HRNet backbone, the soft-region 'fcn'
+  `aux_head` (one biased 1x1 conv 15 x width wide, no dropout) and the 'ocr' `decode_head` (biased bottleneck,
+  Dropout2d), both on the concatenated stages resized with the backbone's align_corners."""
+  backbone, heads = model['backbone'], model['heads']
+  if backbone['name'] != 'hrnet':
+    raise _unsupported(f"the {backbone['name']!r} backbone in the 'hrnet_ocr' layout")
+  width = backbone['width']
+  stages = dict(reads=(0, 1, 2, 3), input_transform='resize_concat', align_corners=backbone['align_corners'])
+  expected = {'aux_head': dict(type='fcn', kernel_size=1, num_convs=1, channels=15 * width, conv_bias=True,
+                               concat_input=False, dropout=0.0, outputs=('aux_logits',), **stages),
+              'decode_head': dict(type='ocr', reads_outputs=('aux_logits',), bottleneck_bias=True, gather_scale=1.0,
+                                  dropout_mode='channel', **stages)}
+  plain = lambda value: tuple(value) if isinstance(value, list) else value  # noqa: E731
+  differs = [f'{name}.{key}' for name, settings in expected.items() for key, value in settings.items()
+             if plain(heads.get(name, {}).get(key)) != value]
+  differs += [f'{name} (enabled)' for name, head in heads.items() if head['enabled'] != (name in expected)]
+  if differs:
+    raise _unsupported(f"HRNet-OCR ('hrnet_ocr' layout) for a model that differs from it in {differs}")
+  ocr = heads['decode_head']
+  return FullModel(HRNetOCR(num_classes, width, backbone['depth'], backbone['align_corners'],
+                            channels=ocr['channels'], key_channels=ocr['key_channels'], dropout_rate=ocr['dropout']),
+                   num_classes)
+
+
+def build_model(model: dict[str, Any], num_classes: int, layout: str = 'pte') -> nn.Module:
+  """The PyTorch model of ctxseg_jax's `config.model.to_dict()` for `num_classes` classes (disabled heads left out),
+  with the module names of `layout` (LAYOUTS): a Segmentor ('pte', 'mmseg'), an MmsegCascade ('mmseg_cascade') or
+  a FullModel ('hrnet_ocr'). Called, each returns {published output name: (B, C, h, w)}."""
+  if model['dtype'] != 'float32':
+    raise _unsupported(f"model.dtype {model['dtype']!r}")
+  if layout not in LAYOUTS:
+    raise _unsupported(f'the {layout!r} layout')
+  if layout == 'hrnet_ocr':
+    return _build_hrnet_ocr(model, num_classes)
+  backbone, stages = _build_backbone(model['backbone'], layout)
+  heads = _build_heads(model, stages, num_classes, layout)
+  if layout == 'mmseg_cascade':
+    if list(heads) != ['aux_head', 'decode_head']:  # decode_head.0 and decode_head.1
+      raise _unsupported(f"heads {list(heads)} in the 'mmseg_cascade' layout (aux_head, then decode_head)")
+    return MmsegCascade(backbone, list(heads.values()))
+  return Segmentor(backbone, heads, LAYOUT_NAMES[layout])
 
 
 def count_params(module: nn.Module) -> int:

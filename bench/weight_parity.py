@@ -15,6 +15,10 @@ of a whole model. It prints and writes the max relative error of each output, ma
                  saves it (pretrained., head., auxlayer.), 59 classes.
   encnet_mmseg   configs/encnet_cityscapes.py's EncNet (ResNetV1c-50) as mmseg saves it ({'state_dict', 'meta'}),
                  19 classes.
+  ocrnet_hrnet_ocr  configs/ocrnet_hr48_cityscapes.py's OCRNet (HRNetV2-W48) as HRNet-OCR releases it (FullModel:
+                 model., loss.), 19 classes.
+  ocrnet_mmseg   configs/ocrnet_hr48_cityscapes_mmseg.py's OCRNet (HRNetV2-W48) as mmseg saves it
+                 (CascadeEncoderDecoder: decode_head.0, decode_head.1), 19 classes.
 
 The helpers (`relative_error`, `variable_shapes`, `import_backbone`) are also the parity tests' (tests/test_weights.py).
 """
@@ -39,7 +43,11 @@ from ctxseg_jax.models import build_model  # noqa: E402
 from ctxseg_jax.models.backbones import BACKBONES  # noqa: E402
 from ctxseg_jax.weights import convert, pretrained  # noqa: E402
 
-CASES = ('resnet50_v1c', 'resnet50s', 'hrnetv2_w18', 'encnet_pte', 'encnet_mmseg')
+# whole-model case -> (layout, shipped config, classes)
+WHOLE_MODELS = {'encnet_pte': ('pte', 'encnet_pcontext', 59), 'encnet_mmseg': ('mmseg', 'encnet_cityscapes', 19),
+                'ocrnet_hrnet_ocr': ('hrnet_ocr', 'ocrnet_hr48_cityscapes', 19),
+                'ocrnet_mmseg': ('mmseg_cascade', 'ocrnet_hr48_cityscapes_mmseg', 19)}
+CASES = ('resnet50_v1c', 'resnet50s', 'hrnetv2_w18', *WHOLE_MODELS)
 
 
 def relative_error(ours, theirs) -> float:
@@ -109,12 +117,11 @@ def run_case(case: str, size: int, directory: str) -> dict[str, float]:
     with torch.no_grad():
       theirs = nhwc(torch_model(x_torch))
     return {f'stage{i + 1}': relative_error(a, b) for i, (a, b) in enumerate(zip(ours, theirs))}
-  layout, shipped, num_classes = {'encnet_pte': ('pte', 'encnet_pcontext', 59),
-                                  'encnet_mmseg': ('mmseg', 'encnet_cityscapes', 19)}[case]
+  layout, shipped, num_classes = WHOLE_MODELS[case]
   model_config = _shipped_model(shipped)
   torch_model = ref.randomize_(ref.build_model(model_config.to_dict(), num_classes, layout=layout)).eval()
   state = torch_model.state_dict()
-  torch.save({'state_dict': state, 'meta': {}} if layout == 'mmseg' else state, path)
+  torch.save({'state_dict': state, 'meta': {}} if layout.startswith('mmseg') else state, path)
   _, ours = import_model(path, model_config, num_classes, x)
   with torch.no_grad():
     theirs = nhwc([torch_model(x_torch)['logits']])[0]
@@ -131,7 +138,7 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as directory:
     for case in args.cases:
       results[case] = run_case(case, args.size, directory)
-      print(f'{case:14s} ' + '  '.join(f'{name} {error:.2e}' for name, error in results[case].items()), flush=True)
+      print(f'{case:16s} ' + '  '.join(f'{name} {error:.2e}' for name, error in results[case].items()), flush=True)
   with open(args.out, 'w') as f:
     json.dump({'size': args.size, 'max_relative_error': results}, f, indent=1)
 

@@ -10,7 +10,8 @@ import torch
 
 from bench import torch_reference as ref
 from bench.weight_parity import images, import_backbone, import_model, relative_error, variable_shapes
-from ctxseg_jax import models
+from ctxseg_jax import models, protocols
+from ctxseg_jax.config import base_config
 from ctxseg_jax.models import build_model
 from ctxseg_jax.models.backbones import BACKBONES
 from ctxseg_jax.models.heads import HEADS
@@ -118,6 +119,41 @@ def test_whole_mmseg_deeplabv3_logits_match_pytorch(tmp_path):
   assert relative_error(ours, theirs) < RTOL
 
 
+def ocrnet_config(flavour):
+  """config.model of OCRNet on a width-4 HRNetV2 (W18-Small-v2 depth) in `flavour` (protocols.ocr_on_hrnet:
+  'hrnet_ocr' with align_corners True, 'mmseg' with False): the 60-wide soft-region head, a 16-wide OCR head with 8
+  key channels."""
+  config = base_config()
+  align_corners = flavour == 'hrnet_ocr'
+  config.model.backbone = BACKBONES.config('hrnet', width=4, depth='small', align_corners=align_corners)
+  stages = dict(reads=(0, 1, 2, 3), input_transform='resize_concat', align_corners=align_corners)
+  protocols.ocr_on_hrnet(config, stages, width=4, flavour=flavour)
+  config.model.heads.decode_head.channels = 16
+  config.model.heads.decode_head.key_channels = 8
+  return config.model
+
+
+@pytest.mark.parametrize('flavour, layout', [('hrnet_ocr', 'hrnet_ocr'), ('mmseg', 'mmseg_cascade')])
+def test_whole_ocrnet_logits_match_pytorch(tmp_path, flavour, layout):
+  """OCRNet on HRNetV2 as HRNet-OCR releases it (FullModel's state dict: `model.` with conv3x3_ocr, ocr_distri_head,
+  cls_head, aux_head, and the loss's class weights, which are dropped) and as mmseg saves it (CascadeEncoderDecoder:
+  decode_head.0 the FCNHead, decode_head.1 the OCRHead, in {'state_dict', 'meta'}): layout detected, every tensor
+  used, eval logits as PyTorch's."""
+  config = ocrnet_config(flavour)
+  torch_model = ref.randomize_(ref.build_model(config.to_dict(), 5, layout=layout)).eval()
+  state = torch_model.state_dict()
+  assert ('loss.criterion.weight' in state) == (layout == 'hrnet_ocr')
+  torch.save({'state_dict': state, 'meta': {}} if layout == 'mmseg_cascade' else state, tmp_path / 'ocrnet.pth')
+  x, x_torch = images(64)
+  result, ours = import_model(tmp_path / 'ocrnet.pth', config, 5, x)
+  assert (result.layout, result.scope) == (layout, 'model')
+  assert len(result.variables) == len([k for k in state if not k.endswith('num_batches_tracked')
+                                       and not k.startswith('loss.')])
+  with torch.no_grad():
+    theirs = torch_model(x_torch)['logits'].numpy().transpose(0, 2, 3, 1)
+  assert relative_error(ours, theirs) < RTOL
+
+
 def test_file_of_another_class_count_is_refused_with_each_key_then_accepted_with_skip(tmp_path):
   config, _ = save_encnet(tmp_path / 'encnet.pth', 'pte', num_classes=5)
   model = build_model(config, 3)
@@ -183,6 +219,10 @@ def test_safetensors_file_reads_without_torch(tmp_path):
 def test_layout_detection_names_the_layouts_when_it_cannot_tell():
   assert layouts.detect(['backbone.stem.0.weight', 'decode_head.conv_seg.weight']) == 'mmseg'
   assert layouts.detect(['pretrained.conv1.0.weight', 'head.conv5.0.weight']) == 'pte'
+  assert layouts.detect(['backbone.conv1.weight', 'decode_head.0.conv_seg.weight',
+                         'decode_head.1.conv_seg.weight']) == 'mmseg_cascade'
+  assert layouts.detect(['model.conv1.weight', 'model.ocr_distri_head.conv_bn_dropout.0.weight',
+                         'loss.criterion.weight']) == 'hrnet_ocr'
   with pytest.raises(layouts.LayoutError, match=r"keys like \['blocks\.0\.weight'\].*--layout"):
     layouts.detect(['blocks.0.weight'])
 
@@ -223,10 +263,12 @@ def test_full_size_hrnet_maps_fill_every_tensor(width):
       [k for k in state if k.endswith('num_batches_tracked')])
 
 
-@pytest.mark.parametrize('layout, shipped', [('pte', 'encnet_pcontext'), ('mmseg', 'encnet_cityscapes'),
-                                             ('mmseg', 'deeplabv3_r101_cityscapes')])
+@pytest.mark.parametrize('layout, shipped', [
+    ('pte', 'encnet_pcontext'), ('mmseg', 'encnet_cityscapes'), ('mmseg', 'deeplabv3_r101_cityscapes'),
+    ('hrnet_ocr', 'ocrnet_hr48_cityscapes'), ('mmseg_cascade', 'ocrnet_hr48_cityscapes_mmseg'),
+    ('mmseg_cascade', 'ocrnet_r101_cityscapes')])
 def test_full_size_whole_model_maps_fill_every_tensor(layout, shipped):
-  """The shipped EncNet and DeepLabV3 configs' models against full-width PyTorch models in each layout."""
+  """The shipped EncNet, DeepLabV3 and OCRNet configs' models against full-width PyTorch models in each layout."""
   model_config = shipped_configs.load(f'configs/{shipped}.py').model
   with torch.device('meta'):
     state = _shape_only_state(ref.build_model(model_config.to_dict(), 59, layout=layout))

@@ -20,7 +20,11 @@ Layouts (LAYOUTS):
                 stageK.m.branches / fuse_layers; the classification modules are dropped.
   mmseg         whole mmseg models (backbone., decode_head., auxiliary_head.): EncNet, FCN, DeepLabV3 (ASPP) on
                 ResNetV1c or HRNet.
+  mmseg_cascade whole mmseg CascadeEncoderDecoder models (backbone., decode_head.0., decode_head.1.): OCRNet, the
+                soft-region FCN head then the OCR head, on HRNet or ResNetV1c.
   pte           whole PyTorch-Encoding models (pretrained., head., auxlayer.): EncNet, FCN.
+  hrnet_ocr     whole HRNet-OCR models (HRNet-Semantic-Segmentation, branch HRNet-OCR): the FullModel's `model.`
+                (HRNet, conv3x3_ocr, ocr_distri_head, cls_head, aux_head); its `loss.` buffers are dropped.
 """
 from __future__ import annotations
 
@@ -85,6 +89,36 @@ MMSEG_HEADS: dict[str, tuple[Rule, ...]] = {
     'aspp': ((r'image_pool/(conv|bn)', r'image_pool.1.\1'), (r'aspp_(\d+)/(conv|bn)', r'aspp_modules.\1.\2'),
              (r'bottleneck/(conv|bn)', r'bottleneck.\1'), (r'conv_seg', 'conv_seg')),
 }
+# mmseg OCRHead: `bottleneck` 3x3 ConvModule; object_context_block (a SelfAttentionBlock) with query_project and
+# key_project Sequentials of two 1x1 ConvModules, value_project and out_project single ConvModules, and its own 1x1
+# `bottleneck` on [context, features].
+MMSEG_OCR_HEAD: tuple[Rule, ...] = (
+    (r'bottleneck/(conv|bn)', r'bottleneck.\1'),
+    (r'object_context/f_pixel_(\d)/(conv|bn)', r'object_context_block.query_project.\1.\2'),
+    (r'object_context/f_object_(\d)/(conv|bn)', r'object_context_block.key_project.\1.\2'),
+    (r'object_context/f_down/(conv|bn)', r'object_context_block.value_project.\1'),
+    (r'object_context/f_up/(conv|bn)', r'object_context_block.out_project.\1'),
+    (r'fuse/(conv|bn)', r'object_context_block.bottleneck.\1'), (r'conv_seg', 'conv_seg'))
+
+
+def _hrnet_ocr_transform(match: re.Match) -> str:
+  """HRNet-OCR's _ObjectAttentionBlock: f_pixel / f_object = Sequential(conv, BNReLU, conv, BNReLU), f_down / f_up =
+  Sequential(conv, BNReLU), BNReLU = Sequential(BatchNorm2d, ReLU): our `<f>_i` (f_down, f_up: i = 0) is conv 2i and
+  the BN at 2i + 1, one level deeper ('.0')."""
+  name, index, part = match[1], int(match[2] or 0), match[3]
+  return f'ocr_distri_head.object_context_block.{name}.' + (f'{2 * index}' if part == 'conv' else f'{2 * index + 1}.0')
+
+
+# HRNet-OCR (seg_hrnet_ocr.py) keeps its heads at the top level of the network: aux_head = [conv, BN, ReLU, conv];
+# conv3x3_ocr = [conv, BN, ReLU]; ocr_distri_head (SpatialOCR_Module): object_context_block and conv_bn_dropout =
+# [conv, BNReLU, Dropout2d]; cls_head a conv.
+HRNET_OCR_HEADS: dict[str, tuple[Rule, ...]] = {
+    'fcn': ((r'convs_0/conv', 'aux_head.0'), (r'convs_0/bn', 'aux_head.1'), (r'conv_seg', 'aux_head.3')),
+    'ocr': ((r'bottleneck/conv', 'conv3x3_ocr.0'), (r'bottleneck/bn', 'conv3x3_ocr.1'),
+            (r'object_context/(f_pixel|f_object|f_down|f_up)(?:_(\d))?/(conv|bn)', _hrnet_ocr_transform),
+            (r'fuse/conv', 'ocr_distri_head.conv_bn_dropout.0'), (r'fuse/bn', 'ocr_distri_head.conv_bn_dropout.1.0'),
+            (r'conv_seg', 'cls_head')),
+}
 # PyTorch-Encoding's heads are nn.Sequentials: FCNHead.conv5 = [conv, bn, relu, dropout, conv];
 # EncHead.conv5/connect[i]/fusion = [conv, bn, relu]; EncModule.encoding = [conv, bn, relu, Encoding, BN1d, relu,
 # mean]; conv6 = [dropout, conv].
@@ -138,6 +172,14 @@ LAYOUTS = {layout.name: layout for layout in (
     Layout('mmseg', 'whole mmseg model (state_dict + meta): EncNet, FCN or DeepLabV3 on ResNetV1c or HRNet',
            {'resnet': _MMSEG_RESNET, 'hrnet': {'*': HRNET}}, MMSEG_HEADS,
            {'backbone': 'backbone.', 'decode_head': 'decode_head.', 'aux_head': 'auxiliary_head.'}),
+    Layout('mmseg_cascade', 'whole mmseg CascadeEncoderDecoder model (state_dict + meta): OCRNet (FCNHead then '
+           'OCRHead) on HRNet or ResNetV1c', {'resnet': _MMSEG_RESNET, 'hrnet': {'*': HRNET}},
+           {**MMSEG_HEADS, 'ocr': MMSEG_OCR_HEAD},
+           {'backbone': 'backbone.', 'aux_head': 'decode_head.0.', 'decode_head': 'decode_head.1.'}),
+    Layout('hrnet_ocr', 'whole HRNet-OCR model (HRNet-Semantic-Segmentation, branch HRNet-OCR: FullModel with '
+           '`model.` and `loss.`): HRNetV2 with the OCR and auxiliary heads', {'hrnet': {'*': HRNET}},
+           HRNET_OCR_HEADS, {'backbone': 'model.', 'decode_head': 'model.', 'aux_head': 'model.'},
+           dropped=(r'loss\..*',)),
     Layout('pte', 'whole PyTorch-Encoding model: EncNet or FCN on resnet50s/101s',
            {'resnet': _TORCH_RESNET}, PTE_HEADS,
            {'backbone': 'pretrained.', 'decode_head': 'head.', 'aux_head': 'auxlayer.'},
@@ -157,6 +199,10 @@ def detect(keys: Iterable[str]) -> str:
   has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
   if has('pretrained.') and has('head.'):
     return 'pte'
+  if has('model.ocr_distri_head.'):
+    return 'hrnet_ocr'
+  if has('backbone.') and has('decode_head.0.') and has('decode_head.1.'):
+    return 'mmseg_cascade'
   if has('backbone.') and has('decode_head.'):
     return 'mmseg'
   if has('stage2.0.fuse_layers.'):

@@ -511,3 +511,28 @@ def test_hrnet_fusion_sums_every_branch_into_every_branch():
   ]
   for got, want in zip(fused, expected):
     np.testing.assert_allclose(got, jax.nn.relu(want), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('stride, use_bias, dtype', [(1, False, jnp.float32), (2, True, jnp.float32),
+                                                    (1, True, jnp.bfloat16)])
+def test_pointwise_conv_as_a_matrix_product_equals_nn_conv(stride, use_bias, dtype):
+  """layers.conv.Conv runs 1x1 kernels as dot_general: the same parameters, outputs and gradients as nn.Conv (odd
+  sizes, so that the strided slice must keep the first of each pair, as the convolution does)."""
+  from ctxseg_jax.models.layers.conv import Conv
+  x = jax.random.normal(jax.random.key(0), (2, 7, 9, 5))
+  settings = dict(features=6, kernel_size=(1, 1), strides=(stride, stride), padding=((0, 0), (0, 0)),
+                  use_bias=use_bias, dtype=dtype, bias_init=nn.initializers.normal(1.0))
+  ours, reference = Conv(**settings), nn.Conv(**settings)
+  variables = reference.init(jax.random.key(1), x)
+  assert jax.tree.structure(ours.init(jax.random.key(1), x)) == jax.tree.structure(variables)
+
+  def loss(module):
+    return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x).astype(jnp.float32)))
+
+  tolerance = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+  np.testing.assert_allclose(ours.apply(variables, x).astype(jnp.float32),
+                             reference.apply(variables, x).astype(jnp.float32), rtol=tolerance, atol=tolerance)
+  assert ours.apply(variables, x).dtype == reference.apply(variables, x).dtype
+  got, expected = (jax.grad(loss(m), argnums=(0, 1))(variables, x) for m in (ours, reference))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)

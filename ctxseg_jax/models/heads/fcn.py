@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ctxseg_jax import settings
 from ctxseg_jax.models.heads.base import HeadType
-from ctxseg_jax.models.layers.conv import INIT_STYLES, ConvBNReLU, conv2d, conv_init
+from ctxseg_jax.models.layers.conv import INIT_STYLES, Conv, ConvBNReLU, conv2d, conv_init
 from ctxseg_jax.settings import Setting
 
 Dtype = Any
@@ -42,8 +42,8 @@ INIT_SETTING = Setting('mmcv', "initialisation of the head's convs: 'mmcv' (Kaim
 CLASSIFIER_INPUT = 'classifier_input'
 
 
-class Classifier(nn.Conv):
-  """An nn.Conv that also records its input, the features before the classifier, as
+class Classifier(Conv):
+  """A Conv (layers.conv) that also records its input, the features before the classifier, as
   variables['intermediates'][<path>][CLASSIFIER_INPUT] when 'intermediates' is mutable (a no-op otherwise)."""
 
   def __call__(self, inputs: jax.Array) -> jax.Array:

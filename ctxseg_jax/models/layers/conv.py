@@ -56,6 +56,28 @@ def torch_padding(kernel_size: int, dilation: int = 1) -> int:
   return dilation * (kernel_size - 1) // 2
 
 
+class Conv(nn.Conv):
+  """nn.Conv whose 1x1 kernels run as a matrix product (dot_general) over the channels, strided by slicing.
+
+  Same parameters, values and gradients (to float rounding) as nn.Conv. XLA's CPU backend computes the weight
+  gradient of a wide 1x1 convolution far more slowly than the equivalent matrix product, and ResNet bottlenecks are
+  mostly 1x1 convolutions (bench/train_step.py). Other kernels are nn.Conv's.
+  """
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    if tuple(self.kernel_size) != (1, 1) or self.padding not in ((0, 0), ((0, 0), (0, 0)), 'VALID'):
+      return super().__call__(inputs)
+    kernel = self.param('kernel', self.kernel_init, (1, 1, inputs.shape[-1], self.features), self.param_dtype)
+    bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    strides = tuple(self.strides or (1, 1))
+    if strides != (1, 1):
+      inputs = inputs[:, ::strides[0], ::strides[1]]
+    y = jax.lax.dot_general(inputs, kernel[0, 0], (((inputs.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+    return y if bias is None else y + bias
+
+
 def conv2d(features: int,
            kernel_size: int,
            *,
@@ -66,8 +88,8 @@ def conv2d(features: int,
            kernel_init: Initializer = KAIMING_FAN_OUT,
            bias_init: Initializer = nn.initializers.zeros,
            name: str | None = None,
-           module: type[nn.Conv] = nn.Conv) -> nn.Conv:
-  """A square `nn.Conv` (or `module`, a subclass) padded like PyTorch `Conv2d(padding=dilation * (k - 1) // 2)`.
+           module: type[nn.Conv] = Conv) -> nn.Conv:
+  """A square `Conv` (or `module`, an nn.Conv subclass) padded like PyTorch `Conv2d(padding=dilation * (k - 1) // 2)`.
 
   The padding is explicit and symmetric. XLA 'SAME' would pad (0, 1) instead of (1, 1) for a stride-2 3x3 conv
   on an even input, shifting every output by one pixel relative to PyTorch.

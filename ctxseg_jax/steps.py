@@ -96,11 +96,13 @@ def eval_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
   scores, features = inference.scores_at_original_size(variables, batch, batch['label'].shape[1:3], model=model,
                                                        config=config, features=config.eval.feature_metrics)
   predictions = jnp.argmax(scores, axis=-1)
-  result = {'confusion': metrics.confusion_matrix(predictions, batch['label'], num_classes, ignore_index)}
   if per_image:
-    result['image_confusion'] = image_confusions(predictions, batch['label'], num_classes=num_classes,
-                                                 ignore_index=ignore_index)
-    result['index'] = batch['index']
+    per_image_confusion = image_confusions(predictions, batch['label'], num_classes=num_classes,
+                                           ignore_index=ignore_index)
+    result = {'confusion': per_image_confusion.sum(axis=0), 'image_confusion': per_image_confusion,
+              'index': batch['index']}
+  else:
+    result = {'confusion': metrics.confusion_matrix(predictions, batch['label'], num_classes, ignore_index)}
   if config.eval.boundary_px:
     result['boundary'] = metrics.boundary_confusions(predictions, batch['label'], batch['original_size'],
                                                      tuple(config.eval.boundary_px), num_classes, ignore_index)

@@ -12,6 +12,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+from flax import traverse_util
 
 from ctxseg_jax.weights import layouts
 from ctxseg_jax.weights.layouts import Layout
@@ -23,28 +24,14 @@ class ImportMismatchError(ValueError):
   """A weights file that does not fit the model; the message lists each problem and how to skip parts."""
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
   """{'params': {'backbone': {...}}} -> {'params/backbone/...': leaf}."""
-  flat = {}
-  for key, value in tree.items():
-    path = f'{prefix}{key}'
-    if isinstance(value, Mapping):
-      flat.update(flatten(value, f'{path}/'))
-    else:
-      flat[path] = value
-  return flat
+  return traverse_util.flatten_dict(tree, sep='/')
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   """The inverse of flatten."""
-  tree: dict[str, Any] = {}
-  for path, value in flat.items():
-    *parents, leaf = path.split('/')
-    node = tree
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
+  return traverse_util.unflatten_dict(dict(flat), sep='/')
 
 
 def in_scope(path: str, scope: str) -> bool:

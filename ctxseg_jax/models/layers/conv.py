@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import Any, Callable, Iterator
 
 import flax.linen as nn
@@ -149,9 +150,7 @@ class BatchNorm(nn.BatchNorm):
     training = not nn.merge_param('use_running_average', self.use_running_average, use_running_average)
     if unbiased and training and old is not None and not self.is_initializing():
       axes = {a % x.ndim for a in ((self.axis,) if isinstance(self.axis, int) else self.axis)}
-      n = 1
-      for a in range(x.ndim):
-        n *= 1 if a in axes else x.shape[a]
+      n = math.prod(x.shape[a] for a in range(x.ndim) if a not in axes)  # the values per feature
       stored = self.get_variable('batch_stats', 'var')
       # stored - m * old = (1 - m) * var_batch; add (1 - m) * var_batch / (n - 1).
       self.put_variable('batch_stats', 'var', (n * stored - self.momentum * old) / max(n - 1, 1))

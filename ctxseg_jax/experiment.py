@@ -45,9 +45,9 @@ class Experiment:
     """Jitted (state, global batch) -> (new state, replicated scalar metrics); the input state is donated."""
     step = functools.partial(steps.train_step, model=self.model, optimizer=self.optimizer, loss_fn=self.loss_fn,
                              config=self.config)
-    return jax.jit(step, in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
-                   out_shardings=(parallel.replicated(self.mesh), parallel.replicated(self.mesh)),
-                   donate_argnums=0)
+    return parallel.InStep(jax.jit(
+        step, in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
+        out_shardings=(parallel.replicated(self.mesh), parallel.replicated(self.mesh)), donate_argnums=0))
 
   @functools.cached_property
   def eval_step(self) -> Callable[[dict, dict], dict[str, Any]]:
@@ -62,23 +62,17 @@ class Experiment:
   def _eval_step(self, per_image: bool) -> Callable[[dict, dict], dict[str, Any]]:
     step = functools.partial(steps.eval_step, model=self.model, config=self.config, per_image=per_image,
                              num_classes=self.info.num_classes, ignore_index=self.info.ignore_index)
-    return jax.jit(step, in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
-                   out_shardings=parallel.replicated(self.mesh))
+    return parallel.InStep(jax.jit(step, in_shardings=(parallel.replicated(self.mesh),
+                                                        parallel.batch_sharded(self.mesh)),
+                                   out_shardings=parallel.replicated(self.mesh)))
 
   @functools.cached_property
   def predict_step(self) -> Callable[[dict, dict], jax.Array]:
     """Jitted (variables, global eval batch, labels not needed) -> int32 (B, Lh, Lw) predicted classes at each
     image's original resolution, sharded on the batch (see steps.predict_step; (Lh, Lw) is the batch's label
-    shape, or transforms.eval_label_size for a batch without labels)."""
-    step = jax.jit(functools.partial(steps.predict_step, model=self.model, config=self.config),
-                   in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
-                   out_shardings=parallel.batch_sharded(self.mesh), static_argnums=2)
-    default_shape = transforms.eval_label_size(self.config.data)
-
-    def predict(variables: dict, batch: dict) -> jax.Array:
-      out_shape = tuple(batch['label'].shape[1:3]) if 'label' in batch else default_shape
-      return step(variables, batch, out_shape)
-    return predict
+    shape, or transforms.eval_label_size for a batch without labels). One program per (Lh, Lw); `lower(variables,
+    batch)` lowers the batch's."""
+    return _ByOutputShape(self, transforms.eval_label_size(self.config.data))
 
   @functools.cached_property
   def image_confusion_step(self) -> Callable[[jax.Array, jax.Array, jax.Array], dict[str, jax.Array]]:
@@ -88,15 +82,41 @@ class Experiment:
     def step(predictions, labels, index):
       return {'confusion': steps.image_confusions(predictions, labels, num_classes=self.info.num_classes,
                                                   ignore_index=self.info.ignore_index), 'index': index}
-    return jax.jit(step, in_shardings=(parallel.batch_sharded(self.mesh),) * 3,
-                   out_shardings=parallel.replicated(self.mesh))
+    return parallel.InStep(jax.jit(step, in_shardings=(parallel.batch_sharded(self.mesh),) * 3,
+                                   out_shardings=parallel.replicated(self.mesh)))
 
   @functools.cached_property
   def predict(self) -> Callable[[dict, jax.Array], jax.Array]:
     """Jitted (variables, uint8 images (B, H, W, 3) sharded on the batch) -> logits (B, H, W, K), same sharding."""
     fn = functools.partial(inference.predict_logits, model=self.model, config=self.config)
-    return jax.jit(fn, in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
-                   out_shardings=parallel.batch_sharded(self.mesh))
+    return parallel.InStep(jax.jit(fn, in_shardings=(parallel.replicated(self.mesh),
+                                                      parallel.batch_sharded(self.mesh)),
+                                   out_shardings=parallel.batch_sharded(self.mesh)))
+
+
+class _ByOutputShape:
+  """Experiment.predict_step: steps.predict_step jitted for each output shape it meets."""
+
+  def __init__(self, exp: Experiment, default_shape: tuple[int, int]):
+    self._exp, self._default_shape = exp, default_shape
+    self._programs = {}
+
+  def _program(self, batch: dict) -> Callable[[dict, dict], jax.Array]:
+    out_shape = tuple(batch['label'].shape[1:3]) if 'label' in batch else self._default_shape
+    if out_shape not in self._programs:
+      mesh = self._exp.mesh
+      step = functools.partial(steps.predict_step, out_shape=out_shape, model=self._exp.model,
+                               config=self._exp.config)
+      self._programs[out_shape] = parallel.InStep(jax.jit(
+          step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+          out_shardings=parallel.batch_sharded(mesh)))
+    return self._programs[out_shape]
+
+  def __call__(self, variables: dict, batch: dict) -> jax.Array:
+    return self._program(batch)(variables, batch)
+
+  def lower(self, variables: dict, batch: dict):
+    return self._program(batch).lower(variables, batch)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

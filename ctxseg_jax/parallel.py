@@ -6,8 +6,9 @@ BatchNorm statistics) are therefore over the global batch: exact SyncBN with no 
 """
 from __future__ import annotations
 
+import itertools
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -47,6 +48,48 @@ def to_global(host_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
   """Assembles each process's slice of the batch into arrays sharded over the whole mesh."""
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in host_batch.items()}
+
+
+# How long processes wait for each other to compile a program before giving up (a full-size model on a busy host).
+COMPILE_BARRIER_TIMEOUT_S = 3600
+
+
+class InStep:
+  """A jitted function whose every program starts on all processes together.
+
+  On the CPU backend, processes exchange data through gloo, which gives up when the processes reach a program's
+  first collective more than 30 s apart, as they do when one compiles slower than another. So with several
+  processes, each new input signature (tree, shapes, dtypes, shardings) is compiled ahead (`lower().compile()`),
+  then every process waits at a barrier of the coordination service before the program first runs. Programs are
+  compiled in the same order everywhere (every process runs the same steps), so the barriers pair up. One process:
+  the jitted function itself. Everything else (`lower`, `trace`, ...) is the jitted function's.
+  """
+
+  def __init__(self, jitted: Callable[..., Any]):
+    self._jitted = jitted
+    self._compiled = {}
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._jitted, name)
+
+  def __call__(self, *args):
+    if jax.process_count() == 1:
+      return self._jitted(*args)
+    leaves, tree = jax.tree.flatten(args)
+    key = (tree, tuple((np.shape(x), np.result_type(x), getattr(x, 'sharding', None)) for x in leaves))
+    if key not in self._compiled:
+      self._compiled[key] = self._jitted.lower(*args).compile()
+      _wait_for_every_process('compiled')
+    return self._compiled[key](*args)
+
+
+_barriers = itertools.count()
+
+
+def _wait_for_every_process(name: str) -> None:
+  from orbax.checkpoint import multihost  # pylint: disable=import-outside-toplevel
+  multihost.get_barrier_sync_fn()(key=f'ctxseg_jax_{name}_{next(_barriers)}',
+                                  timeout_ms=COMPILE_BARRIER_TIMEOUT_S * 1000)
 
 
 def maybe_initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,

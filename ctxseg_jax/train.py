@@ -33,7 +33,12 @@ class _Preemption:
   """Notices SIGTERM (a preempted TPU VM; systemd or SLURM stopping the job) and, on a single process, Ctrl-C
   (SIGINT), so the loop saves at the next step boundary and exits cleanly. A second Ctrl-C stops at once
   (KeyboardInterrupt), without saving. Data worker processes ignore both signals (pipeline._init_worker): when the
-  whole process group is signalled, they keep serving batches until the trainer has saved and stops them."""
+  whole process group is signalled, they keep serving batches until the trainer has saved and stops them.
+
+  With several processes, SIGTERM is left to the handler of JAX's coordination service (installed by
+  jax.distributed.initialize): a notice to any one process reaches every process, and all stop at the same step
+  (Checkpointer.reached_preemption). A Python handler would replace it, and the other processes would never know.
+  """
 
   def __init__(self):
     self.requested = threading.Event()
@@ -42,8 +47,7 @@ class _Preemption:
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      # Several processes must agree on the step to save, which only SIGTERM's coordination service provides.
-      signals = (signal.SIGTERM,) + ((signal.SIGINT,) if jax.process_count() == 1 else ())
+      signals = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else ()
       for signum in signals:
         self._previous[signum] = signal.signal(signum, self._handle)
     return self

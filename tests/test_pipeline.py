@@ -88,6 +88,18 @@ def test_processes_read_disjoint_shards(source, data_config):
   assert seen[0] | seen[1] == set(range(40))
 
 
+def test_processes_split_the_single_process_global_batches(source, data_config):
+  """P processes with B / P samples each see exactly the samples (augmentation included) of one process's batches
+  of B: process p holds positions [p B / P, (p + 1) B / P) of each global batch."""
+  single = _take(pipeline.train_iterator(source, data_config, 4, seed=5, process_count=1, process_index=0), 6)
+  shares = [_take(pipeline.train_iterator(source, data_config, 2, seed=5, process_index=p, process_count=2), 6)
+            for p in range(2)]
+  for step, batch in enumerate(single):
+    for key in ('image', 'label'):
+      joined = np.concatenate([shares[p][step][key] for p in range(2)])
+      np.testing.assert_array_equal(joined, batch[key], err_msg=f'{key} of global batch {step}')
+
+
 def test_eval_pass_covers_every_sample_once_with_ignore_padding(data_config):
   source = SyntheticContextSource('val', 10, image_size=32, seed=3)
   shards = []

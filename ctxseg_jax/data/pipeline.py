@@ -1,11 +1,13 @@
 """grain input pipelines: an endless, shuffled, per-process-sharded, checkpointable train stream and a static-shape
 eval pass.
 
-Built with grain's dataset API: source -> this process's shard -> shuffle -> repeat -> augment -> batch, then
-worker processes (`mp_prefetch`) that compute whole batches of that same stream. Every random choice (shuffle
-order, augmentation) derives from (seed, position in the stream), so the batches are identical whatever the
-number of workers, and the iterator (get_state/set_state, saved in every checkpoint) resumes exactly. Resuming
-needs the worker count the state was saved with.
+Built with grain's dataset API: source -> shuffle -> repeat -> augment (one global stream) -> batch ->
+this process's share of each global batch, then worker processes (`mp_prefetch`) that compute whole batches of that
+same stream. Every random choice (shuffle order, augmentation) derives from (seed, position in the global stream),
+so the global batches are identical whatever the number of processes or workers: P processes with B / P samples
+each train exactly as one process with B. Each process reads only the samples of its share. The iterator
+(get_state/set_state, saved in every checkpoint) resumes exactly; resuming needs the worker count and the number
+of processes the state was saved with.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ class PlannedEvalSource:
   positions hold a black image of the batch's last image's size with only ignore labels (never scored), and an
   index >= the split's length.
 
-  Equal-sized shards keep every process stepping through the same number of batches, of the same shapes.
+  A plan's length is a whole number of global batches, so every process steps through the same number of
+  batches, of the same shapes.
   """
 
   def __init__(self, source: SegmentationSource, plan: eval_plan.EvalPlan):
@@ -59,13 +62,15 @@ class PlannedEvalSource:
     return sample
 
 
-def _process_shard(dataset: grain.MapDataset, process_index: int | None,
-                   process_count: int | None) -> grain.MapDataset:
-  """This process's equal share of the records (the remainder of an uneven split is dropped)."""
+def _process_batches(dataset: grain.MapDataset, global_batch: int, process_index: int | None,
+                     process_count: int | None) -> grain.MapDataset:
+  """This process's batches of a stream whose global batches are consecutive runs of `global_batch` records:
+  process p of P gets records [p b, (p + 1) b) of each, b = global_batch / P, so that the global array assembled
+  from the processes' batches in process order (parallel.to_global) is the global batch in stream order. A batch
+  computes only its own records."""
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
-  usable = len(dataset) - len(dataset) % count
-  return dataset[:usable][index::count]
+  return dataset.batch(global_batch // count, drop_remainder=True)[index::count]
 
 
 def _read_options(data_config: ml_collections.ConfigDict) -> grain.ReadOptions:
@@ -145,18 +150,19 @@ def train_iterator(source: SegmentationSource, data_config: ml_collections.Confi
   It supports get_state/set_state; orbax saves it with grain's checkpoint handler. process_index/process_count
   default to this JAX process; tests pass them to simulate several hosts.
   """
-  shard = _process_shard(grain.MapDataset.source(source), process_index, process_count)
-  if len(shard) < per_process_batch:
-    raise ValueError(f'the {source.split!r} split gives this process {len(shard)} samples, fewer than one batch '
-                     f'({per_process_batch}); lower config.train.batch_size')
+  count = jax.process_count() if process_count is None else process_count
+  if len(source) < per_process_batch * count:
+    raise ValueError(f'the {source.split!r} split has {len(source)} samples, fewer than one batch '
+                     f'({per_process_batch * count}); lower config.train.batch_size')
   augment = transforms.TrainAugment(
       base_size=data_config.base_size, ratio_range=tuple(data_config.ratio_range),
       ratio_step=data_config.ratio_step, crop_size=tuple(data_config.crop_size), flip=data_config.flip,
       image_pad_value=data_config.image_pad_value, base_short_side=data_config.base_short_side,
       cat_max_ratio=data_config.cat_max_ratio, photometric_distortion=data_config.photometric_distortion,
       resize_antialias=data_config.resize_antialias)
-  dataset = (shard.seed(seed).shuffle().repeat().random_map(augment)
-             .batch(per_process_batch, drop_remainder=True).to_iter_dataset(_read_options(data_config)))
+  stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(augment)
+  dataset = _process_batches(stream, per_process_batch * count, process_index, count).to_iter_dataset(
+      _read_options(data_config))
   workers = data_config.worker_count if worker_count is None else worker_count
   return _with_workers(dataset, workers, data_config.worker_buffer_size)
 
@@ -179,9 +185,8 @@ def eval_batches(source: SegmentationSource, data_config: ml_collections.ConfigD
   count = jax.process_count() if process_count is None else process_count
   plan = plan or eval_plan.plan(source, data_config, global_batch, eval_config)
   padded = grain.MapDataset.source(PlannedEvalSource(source, plan))
-  dataset = (_process_shard(padded, process_index, count)
-             .map(transforms.EvalPreprocess.from_config(data_config, eval_config))
-             .batch(global_batch // count, drop_remainder=True).to_iter_dataset(_read_options(data_config)))
+  samples = padded.map(transforms.EvalPreprocess.from_config(data_config, eval_config))
+  dataset = _process_batches(samples, global_batch, process_index, count).to_iter_dataset(_read_options(data_config))
   workers = data_config.worker_count if worker_count is None else worker_count
   return _closing(_with_workers(dataset, workers, data_config.worker_buffer_size)), plan.num_batches
 

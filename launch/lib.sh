@@ -23,3 +23,8 @@ run_or_print() {
     "$@"
   fi
 }
+
+# Prints the comment block at the top of the script $1 (after the #! line; #SBATCH lines left out): its help.
+print_help() {
+  awk 'NR == 1 || /^#SBATCH/ { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$1"
+}

@@ -5,12 +5,12 @@
 #   launch/local.sh [--dry-run] [--devices_per_process K] [--port P] [--log_dir DIR] N -- CMD [ARGS...]
 #
 # Process i runs CMD ARGS... --coordinator_address=localhost:P --num_processes=N --process_id=i with
-# JAX_PLATFORMS=cpu and --xla_force_host_platform_device_count=K appended to XLA_FLAGS (K default: the CPU count
-# divided by N, at least 1; P default: a free port). Each process's stdout and stderr are printed, merged, on this
-# script's stdout, every line prefixed "[p<i>] "; with --log_dir they are also written, unprefixed, to
-# DIR/process_<i>.log. SIGTERM and SIGINT are forwarded to every process, then the script waits for them. Exit
-# status: 0 when every process exits 0, otherwise the first non-zero status in process order. --dry-run prints the
-# N command lines, environment assignments included, and exits 0.
+# JAX_PLATFORMS=cpu and --xla_force_host_platform_device_count=K appended to XLA_FLAGS (K default: the CPUs this
+# script may use, nproc, divided by N, at least 1; P default: a free port). Each process's stdout and stderr are
+# printed, merged, on this script's stdout, every line prefixed "[p<i>] "; with --log_dir they are also written,
+# unprefixed, to DIR/process_<i>.log. SIGTERM and SIGINT are forwarded to every process, then the script waits for
+# them. Exit status: 0 when every process exits 0, otherwise the first non-zero status in process order.
+# --dry-run prints the N command lines, environment assignments included, and exits 0.
 set -euo pipefail
 # shellcheck source=launch/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -41,7 +41,7 @@ while [[ $# -gt 0 ]]; do
     --devices_per_process=*) devices_per_process=${1#*=}; shift ;;
     --port=*) port=${1#*=}; shift ;;
     --log_dir=*) log_dir=${1#*=}; shift ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) print_help "$0"; exit 0 ;;
     --) usage 'the number of processes N comes before --' ;;
     -*) usage "unknown option $1" ;;
     *) break ;;
@@ -57,7 +57,7 @@ shift
 command=("$@")
 
 if [[ -z $devices_per_process ]]; then
-  devices_per_process=$(( $(getconf _NPROCESSORS_ONLN) / num_processes ))
+  devices_per_process=$(( $(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN) / num_processes ))
   (( devices_per_process >= 1 )) || devices_per_process=1
 fi
 is_count "$devices_per_process" || usage "--devices_per_process must be a positive integer, got '$devices_per_process'"

@@ -29,7 +29,12 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-  sed -n '7,10p' "$0" | sed 's/^#   /usage: /; s/^#/      /' >&2
+  cat >&2 <<'EOF'
+usage: launch/tpu_vm.sh [--dry-run] --name NAME --zone ZONE --accelerator_type TYPE --runtime_version VERSION
+                        --workdir gs://BUCKET/RUN [--project PROJECT] [--spot] [--queued] [--service_account EMAIL]
+                        [--extras EXTRAS] [--python VERSION] [--max_restarts N] [--settle_s S] [--poll_s S]
+                        [--delete_when_done] -- CMD [ARGS...]
+EOF
   [[ $# -gt 0 ]] && echo "error: $*" >&2
   exit 2
 }
@@ -63,7 +68,7 @@ while [[ $# -gt 0 ]]; do
         --poll_s) poll_s=$2 ;;
       esac
       shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) print_help "$0"; exit 0 ;;
     --) shift; break ;;
     *) usage "unknown argument $1 (the command goes after --)" ;;
   esac

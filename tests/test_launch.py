@@ -70,7 +70,7 @@ def test_local_dry_run_defaults_share_the_cores_and_find_a_port():
   assert 0 < int(port) < 65536
   for i, words in enumerate(lines):
     assert words == ['JAX_PLATFORMS=cpu',
-                     f'XLA_FLAGS=--xla_force_host_platform_device_count={max(1, os.cpu_count() // 3)}',
+                     f'XLA_FLAGS=--xla_force_host_platform_device_count={max(1, len(os.sched_getaffinity(0)) // 3)}',
                      'python', '-c', 'print("a b")', f'--coordinator_address=localhost:{port}', '--num_processes=3',
                      f'--process_id={i}']
 

@@ -45,10 +45,15 @@ def _env(devices: int) -> dict[str, str]:
   return env
 
 
+def _trainer(workdir, *extra) -> list[str]:
+  return [sys.executable, '-m', 'ctxseg_jax.main', '--config', 'tests/tiny_config.py', '--workdir', str(workdir),
+          *ARGS, *extra]
+
+
 def _start(workdir, processes: int, devices: int, *extra) -> list[subprocess.Popen]:
-  """`processes` trainers of the tiny config with `devices` CPU devices each, as `launch/local.sh` starts them."""
-  command = [sys.executable, '-m', 'ctxseg_jax.main', '--config', 'tests/tiny_config.py', '--workdir', str(workdir),
-             *ARGS, *extra]
+  """`processes` trainers of the tiny config with `devices` CPU devices each, as `launch/local.sh` starts them (one
+  Popen each, to signal one of them)."""
+  command = _trainer(workdir, *extra)
   if processes > 1:
     command += [f'--coordinator_address=localhost:{_free_port()}', f'--num_processes={processes}']
   return [subprocess.Popen(command + ([f'--process_id={i}'] if processes > 1 else []), cwd=ROOT, env=_env(devices),
@@ -127,8 +132,11 @@ def _assert_same_run(workdir, reference) -> None:
 
 
 def test_two_processes_of_four_devices_train_as_one_of_eight(single_process, tmp_path):
-  outputs = _run(tmp_path, 2, 4)
-  assert '8 device(s) on 2 process(es), global batch 8' in outputs[0]
+  result = subprocess.run(['launch/local.sh', '--devices_per_process', '4', '2', '--', *_trainer(tmp_path)], cwd=ROOT,
+                          env=_env(1), capture_output=True, text=True, timeout=TIMEOUT_S)
+  assert result.returncode == 0, result.stdout[-3000:]
+  assert '[p0] tiny: synthetic_context (64 train images, 8 classes), 201,756 parameters, 8 device(s) on 2 ' \
+         'process(es), global batch 8' in result.stdout
   _assert_same_run(tmp_path, single_process)
 
 

@@ -18,9 +18,10 @@ go through evaluation's preprocessing and static-shape batches (pipeline.eval_ba
                        prediction (empty: no such class)
   predict.json         the checkpoint and label format the folder was written with
 
-Resumable: every file is written under a temporary name and renamed once complete, so a file that exists is
-complete. An image whose files all exist (and, for a labelled split, whose per_image.csv row exists) is skipped;
-only the others are run. A folder written from another checkpoint or label format is refused.
+Resumable: every file is written atomically (storage.write_atomic: locally under a temporary name renamed once
+complete, on gs:// as one object), so a file that exists is complete. An image whose files all exist (and, for a
+labelled split, whose per_image.csv row exists) is skipped; only the others are run. A folder written from another
+checkpoint or label format is refused.
 
 An unreadable input file stops the run with an error naming it; the images finished before it are kept, so the
 same command continues once the file is fixed or removed.
@@ -312,19 +313,12 @@ class _PerImageCsv:
     writer = csv.writer(buffer, lineterminator='\n')
     writer.writerow(self.header)
     writer.writerows(self.rows[name] for name in names)
-    _write_atomic(self.path, buffer.getvalue().encode())
+    storage.write_atomic(self.path, buffer.getvalue().encode())
     self._dirty, self._last_flush = False, time.monotonic()
 
 
 def _number(value: float) -> str:
   return '' if math.isnan(value) else f'{value:.2f}'
-
-
-def _write_atomic(path: epath.Path, data: bytes) -> None:
-  """Writes `data` to a temporary name beside `path`, then renames it: `path` exists only once complete."""
-  temporary = path.parent / f'.{path.name}.{jax.process_index()}.tmp'
-  temporary.write_bytes(data)
-  temporary.replace(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,7 +345,7 @@ class _Writer:
       title = f'{stem}   mIoU ' + ('n/a (no labelled pixel)' if math.isnan(miou) else f'{miou:.2f}')
       outputs[f'{stem}_compare.png'] = _png(compare(image, prediction, sample['label'], colours, title))
     for name, data in outputs.items():
-      _write_atomic(self.out / name, data)
+      storage.write_atomic(self.out / name, data)
 
 
 class _Progress:
@@ -399,7 +393,7 @@ def _check_manifest(out: epath.Path, manifest: dict) -> None:
           + '; this run has ' + ', '.join(f'{key} {manifest[key]!r}' for key in changed)
           + f'. Write to another --output, or delete {path} to add to those files anyway.')
   elif jax.process_index() == 0:
-    _write_atomic(path, (json.dumps(manifest, indent=2) + '\n').encode())
+    storage.write_atomic(path, (json.dumps(manifest, indent=2) + '\n').encode())
 
 
 def predict(config: ml_collections.ConfigDict, workdir: str | epath.Path, output: str | epath.PathLike, *,

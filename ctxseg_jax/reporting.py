@@ -61,7 +61,8 @@ class MetricWriter:
   that run's events.
 
   Object stores (gs://) cannot append: there (`rewrite`, by default for any scheme://) the file is rewritten with
-  the new records at most every `rewrite_every_s` seconds, on every eval record, and on close, not on every train
+  the new records at most every `rewrite_every_s` seconds, on every eval record, on `flush` (the trainer's, at each
+  checkpoint: a run killed later has all the records up to its last checkpoint) and on close, not on every train
   record.
   """
 
@@ -95,16 +96,16 @@ class MetricWriter:
     record = {'step': int(step), 'split': split, **{k: _json_number(v) for k, v in scalars.items()}}
     self._unwritten.append(json.dumps(record) + '\n')
     if not self._rewrite or split != 'train' or time.monotonic() - self._last_flush >= self._rewrite_every_s:
-      self._flush()
+      self.flush()
     writer = self._tensorboard_writer(split)
     for name, value in scalars.items():
       if math.isfinite(float(value)):  # a class absent from the split has no IoU: a gap in the curve, not a NaN
         writer.add_scalar(name, float(value), global_step=int(step), walltime=time.time())
     writer.flush()
 
-  def _flush(self) -> None:
+  def flush(self) -> None:
     """Writes the records not yet in metrics.jsonl."""
-    if not self._unwritten:
+    if not self._enabled or not self._unwritten:
       return
     lines = ''.join(self._unwritten)
     if self._rewrite:
@@ -130,8 +131,7 @@ class MetricWriter:
     return self._tensorboard[split]
 
   def close(self) -> None:
-    if self._enabled:
-      self._flush()
+    self.flush()
     for writer in self._tensorboard.values():
       writer.close()
     self._tensorboard = {}

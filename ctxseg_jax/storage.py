@@ -93,7 +93,8 @@ def check_writable(path: str | epath.PathLike, what: str = 'workdir') -> None:
 
 
 def _check_writable(path: epath.Path, what: str) -> None:
-  if '://' not in str(path):
+  remote = '://' in str(path)
+  if not remote:
     existing = path.absolute()
     while not existing.exists() and existing != existing.parent:
       existing = existing.parent
@@ -101,10 +102,18 @@ def _check_writable(path: epath.Path, what: str) -> None:
       where = '' if existing == path.absolute() else f' ({existing} is a file)'
       raise WorkdirError(f'cannot write the {what} {path}: not a directory{where}')
   try:
-    path.mkdir(parents=True, exist_ok=True)
+    if not remote:  # object stores have no folders (and gcsfs's mkdir would create a missing bucket)
+      path.mkdir(parents=True, exist_ok=True)
     probe = path / f'.write_test.{socket.gethostname()}.{os.getpid()}'
     probe.write_text('')
     probe.unlink()
+  except FileNotFoundError as e:
+    if not remote:
+      raise WorkdirError(f'cannot write the {what} {path}: {describe(e)}') from None
+    scheme, rest = str(path).split('://', 1)
+    bucket = f'{scheme}://{rest.split("/", 1)[0]}'
+    raise WorkdirError(f'cannot write the {what} {path}: the bucket {bucket} does not exist; check the name, or '
+                       f'create it (gcloud storage buckets create {bucket})') from None
   except OSError as e:
     raise WorkdirError(f'cannot write the {what} {path}: {describe(e)}') from None
 

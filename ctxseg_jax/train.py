@@ -174,6 +174,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
         writer.write(step, 'train', {**means, 'lr': lr, 'images_per_s': images_per_s})
       if do_save:  # before evaluating: an evaluation that fails does not cost this step's checkpoint
         checkpointer.save(step, state, data_iter, config, data_stream=data_stream)
+        writer.flush()  # on gs:// the records wait for a rewrite: those up to a checkpoint must outlive a kill
         last_saved = step
       if do_eval:
         with preemption.stops_a_failure(step == last_saved):

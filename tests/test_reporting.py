@@ -16,7 +16,7 @@ def test_records_are_appended_and_trimmed_on_resume(tmp_path):
   assert [(r['step'], r['loss']) for r in reporting.read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0)]
 
 
-def test_rewriting_stores_batch_train_records_and_flush_evals_and_close(tmp_path, monkeypatch):
+def test_rewriting_stores_batch_train_records_and_flush_evals_flushes_and_close(tmp_path, monkeypatch):
   rewrites = []
   original = storage.write_atomic
 
@@ -33,7 +33,11 @@ def test_rewriting_stores_batch_train_records_and_flush_evals_and_close(tmp_path
   writer.write(100, 'eval', {'miou': 50.0})
   assert rewrites == [101]  # an eval record is written at once, with everything before it
   writer.write(101, 'train', {'loss': 1.0})
-  writer.close()
+  writer.flush()  # the trainer's, at each checkpoint
   assert rewrites == [101, 102]
+  writer.flush()
+  writer.write(102, 'train', {'loss': 1.0})
+  writer.close()
+  assert rewrites == [101, 102, 103]  # nothing new, nothing rewritten
   records = reporting.read_metrics(tmp_path)
-  assert len(records) == 102 and records[100] == {'step': 100, 'split': 'eval', 'miou': 50.0}
+  assert len(records) == 103 and records[100] == {'step': 100, 'split': 'eval', 'miou': 50.0}

@@ -13,7 +13,9 @@ the classes and ignore index of dataset.json.
 """
 from __future__ import annotations
 
+from importlib import metadata
 import json
+import re
 import threading
 from typing import Any
 
@@ -26,10 +28,16 @@ from ctxseg_jax.data.datasets import files
 from ctxseg_jax.data.datasets import folder
 
 FORMAT = 'ctxseg_jax.packed/1'
+_READS_GCS_FROM = (0, 8, 3)  # the first array-record release that opens gs:// paths itself
 LAYOUT = f"""\
   <root>/dataset.json                      metadata, "format": "{FORMAT}", the splits and their shards
   <root>/<split>-00000-of-000NN.array_record
 Write one with: python -m ctxseg_jax.data.pack --config <config.py> --out <root>"""
+
+
+def _release(version: str) -> tuple[int, ...]:
+  """(0, 8, 6) for '0.8.6' (or '0.8.6rc1')."""
+  return tuple(int(part) for part in re.findall(r'\d+', version)[:3])
 
 
 def encode_record(image_bytes: bytes, label_png: bytes, name: str, height: int, width: int) -> bytes:
@@ -105,9 +113,11 @@ class PackedSource:
       try:
         reader = array_record_data_source.ArrayRecordDataSource(self.shards)
       except (RuntimeError, OSError) as e:
-        hint = (' This array_record build cannot open gs:// paths: mount the bucket (e.g. gcsfuse --implicit-dirs '
-                'BUCKET /mnt/BUCKET) and set --config.data.root to the mounted folder.'
-                if self.root.startswith('gs://') else '')
+        version = metadata.version('array-record')
+        hint = (f' array-record {version} cannot open gs:// paths: install the gcs extra (pip install '
+                f'"ctxseg_jax[gcs]", array-record>={".".join(map(str, _READS_GCS_FROM))}), or mount the bucket '
+                '(gcsfuse --implicit-dirs BUCKET /mnt/BUCKET) and set --config.data.root to the mounted folder.'
+                if self.root.startswith('gs://') and _release(version) < _READS_GCS_FROM else '')
         raise base.DataError(f'{self.root}: cannot open the {self.split} shards ({e}).{hint}') from e
       if len(reader) != self.num_records:
         raise base.DataError(f'{self.root}: the {self.split} shards hold {len(reader)} records but '

@@ -149,13 +149,7 @@ def train_iterator(source: SegmentationSource, data_config: ml_collections.Confi
   if len(shard) < per_process_batch:
     raise ValueError(f'the {source.split!r} split gives this process {len(shard)} samples, fewer than one batch '
                      f'({per_process_batch}); lower config.train.batch_size')
-  augment = transforms.TrainAugment(
-      base_size=data_config.base_size, ratio_range=tuple(data_config.ratio_range),
-      ratio_step=data_config.ratio_step, crop_size=tuple(data_config.crop_size), flip=data_config.flip,
-      image_pad_value=data_config.image_pad_value, base_short_side=data_config.base_short_side,
-      cat_max_ratio=data_config.cat_max_ratio, photometric_distortion=data_config.photometric_distortion,
-      resize_antialias=data_config.resize_antialias)
-  dataset = (shard.seed(seed).shuffle().repeat().random_map(augment)
+  dataset = (shard.seed(seed).shuffle().repeat().random_map(transforms.TrainAugment.from_config(data_config))
              .batch(per_process_batch, drop_remainder=True).to_iter_dataset(_read_options(data_config)))
   workers = data_config.worker_count if worker_count is None else worker_count
   return _with_workers(dataset, workers, data_config.worker_buffer_size)

@@ -18,6 +18,7 @@ from ctxseg_jax.data import datasets, transforms
 from ctxseg_jax.data.datasets.base import DatasetInfo
 from ctxseg_jax.losses import LossFn, make_loss
 from ctxseg_jax.models import build_model
+from ctxseg_jax.models.layers import remat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,8 @@ class Experiment:
                              config=self.config)
     return parallel.InStep(jax.jit(
         step, in_shardings=(parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)),
-        out_shardings=(parallel.replicated(self.mesh), parallel.replicated(self.mesh)), donate_argnums=0))
+        out_shardings=(parallel.replicated(self.mesh), parallel.replicated(self.mesh)), donate_argnums=0,
+        compiler_options=remat.compiler_options(self.config.model.remat, self.mesh.devices.flat[0].platform)))
 
   @functools.cached_property
   def eval_step(self) -> Callable[[dict, dict], dict[str, Any]]:

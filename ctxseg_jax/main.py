@@ -3,7 +3,8 @@
 Modes: train (default; resumes from <workdir>/checkpoints when present), eval (latest checkpoint or --step; with
 --output OUT, per-image scores in OUT/per_image.csv, and with --worst N the N lowest-scoring images' predictions),
 predict (a checkpoint's predictions as images: --input DIR_OR_GLOB, or the eval split, --output OUT),
-summary (parameter counts and FLOPs, no data needed), check_data (decode and verify every sample).
+summary (parameter counts, FLOPs and the compiled steps' memory per device, no data needed; --simulate_devices N
+for a slice of N devices), check_data (decode and verify every sample).
 Config values are overridden on the command line, e.g. --config.train.steps=100 --config.data.root=/data/x.
 A model is a backbone and named heads, the loss named weighted terms, each with its own settings:
 --config.model.backbone.depth=50 --config.model.heads.decode_head.channels=256 --config.loss.terms.aux.weight=0.2
@@ -49,6 +50,11 @@ _PREDICT_FLAGS = ('input', 'label_format')
 _FORCE_UNLOCK = flags.DEFINE_bool('force_unlock', False, 'With --mode train: take <workdir>/trainer.lock even '
                                   'when it names a trainer that looks alive (use only when that run is known '
                                   'dead; a lock without heartbeat for 10 minutes is taken over anyway).')
+_SIMULATE_DEVICES = flags.DEFINE_integer(
+    'simulate_devices', None, 'With --mode summary: compile the train and eval steps for this many devices simulated '
+    'on the CPU (e.g. 64 for a v5e-64 slice; the global batch sizes --config.train.batch_size and '
+    '--config.eval.batch_size must be multiples of it), to size a slice before renting one. Default: the devices of '
+    'this machine.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0 '
                                    '(auto-detected on Cloud TPU VMs and SLURM).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
@@ -119,6 +125,8 @@ def main(argv: list[str]) -> None:
     _fail('--output only applies to --mode eval (per-image scores) or predict')
   if _WORST.present and (_MODE.value != 'eval' or not _OUTPUT.value or _WORST.value < 1):
     _fail('--worst N (N >= 1) applies to --mode eval with --output DIR, the folder its images are written to')
+  if _SIMULATE_DEVICES.present:
+    _simulate_devices(_SIMULATE_DEVICES.value)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # library INFO logs (orbax, grain) drown the progress lines
   # Imported after flag parsing so that `--help` and flag errors are instant.
@@ -165,6 +173,22 @@ def main(argv: list[str]) -> None:
     _exit_now(f'Error: cannot write {os_error.filename or workdir}: {storage.describe(os_error)}')
   except KeyboardInterrupt:
     _fail('interrupted (Ctrl-C); stopped without saving', code=130)
+
+
+def _simulate_devices(count: int) -> None:
+  """Makes the CPU, split into `count` devices, JAX's only backend (--simulate_devices)."""
+  if _MODE.value != 'summary':
+    _fail(f'--simulate_devices only applies to --mode summary (--mode {_MODE.value} runs on this machine\'s devices)')
+  if count < 1:
+    _fail(f'--simulate_devices={count} must be at least 1')
+  if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
+    _fail('--simulate_devices runs in one process; leave out --coordinator_address and --num_processes')
+  import jax
+  try:
+    jax.config.update('jax_platforms', 'cpu')
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError as e:  # a backend already started
+    _fail(f'--simulate_devices: {e}')
 
 
 def _exit_now(message: str) -> None:

@@ -1,5 +1,4 @@
-"""The command line as a user runs it: separate processes, SIGKILL and SIGTERM mid-run, summary, check_data."""
-import json
+"""The command line as a user runs it: separate processes, SIGKILL and SIGTERM mid-run (summary: test_summary.py)."""
 import os
 import signal
 import subprocess
@@ -90,13 +89,3 @@ def test_interrupted_cli_run_resumes_to_the_same_result(uninterrupted, tmp_path,
   assert _last(tmp_path, 'eval')['miou'] == _last(uninterrupted, 'eval')['miou']
   assert _last(tmp_path, 'train')['loss'] == _last(uninterrupted, 'train')['loss']
 
-
-def test_summary_writes_counts_and_flops(tmp_path):
-  result = _run(tmp_path, '--mode', 'summary')
-  summary = json.loads((tmp_path / 'summary.json').read_text())
-  exp = experiment.build(get_config())
-  params = exp.abstract_state().params
-  assert summary['params_total'] == sum(x.size for x in jax.tree.leaves(params))
-  assert summary['params_inference'] == summary['params_total'] - summary['params_by_module']['aux_head']
-  assert summary['flops_inference'] > 0
-  assert 'inference FLOPs' in result.stdout

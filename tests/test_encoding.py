@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ctxseg_jax.models.layers.encoding import Encoding, encode
+from tests.jaxprs import equations
 
 B, N, K, D = 2, 24, 8, 16
 RTOL = 1e-4
@@ -115,15 +116,9 @@ def test_bfloat16_input_gives_float32_output():
 
 def _intermediate_sizes(jaxpr: jex_core.Jaxpr):
   """Element counts of every value produced in `jaxpr` and in the jaxprs nested in its equations."""
-  for eqn in jaxpr.eqns:
+  for eqn in equations(jaxpr):
     for var in eqn.outvars:
       yield math.prod(var.aval.shape)
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        if isinstance(sub, jex_core.ClosedJaxpr):
-          yield from _intermediate_sizes(sub.jaxpr)
-        elif isinstance(sub, jex_core.Jaxpr):
-          yield from _intermediate_sizes(sub)
 
 
 def _value_and_grad_fn(fn):

@@ -154,13 +154,8 @@ def train_iterator(source: SegmentationSource, data_config: ml_collections.Confi
   if len(source) < per_process_batch * count:
     raise ValueError(f'the {source.split!r} split has {len(source)} samples, fewer than one batch '
                      f'({per_process_batch * count}); lower config.train.batch_size')
-  augment = transforms.TrainAugment(
-      base_size=data_config.base_size, ratio_range=tuple(data_config.ratio_range),
-      ratio_step=data_config.ratio_step, crop_size=tuple(data_config.crop_size), flip=data_config.flip,
-      image_pad_value=data_config.image_pad_value, base_short_side=data_config.base_short_side,
-      cat_max_ratio=data_config.cat_max_ratio, photometric_distortion=data_config.photometric_distortion,
-      resize_antialias=data_config.resize_antialias)
-  stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat().random_map(augment)
+  stream = (grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+            .random_map(transforms.TrainAugment.from_config(data_config)))
   dataset = _process_batches(stream, per_process_batch * count, process_index, count).to_iter_dataset(
       _read_options(data_config))
   workers = data_config.worker_count if worker_count is None else worker_count

@@ -145,6 +145,15 @@ class TrainAugment(grain.transforms.RandomMap):
   resize_antialias: bool = True
   ratio_step: float = 0.0
 
+  @classmethod
+  def from_config(cls, data_config) -> TrainAugment:
+    """The augmentation of config.data."""
+    return cls(base_size=data_config.base_size, ratio_range=tuple(data_config.ratio_range),
+               ratio_step=data_config.ratio_step, crop_size=tuple(data_config.crop_size), flip=data_config.flip,
+               image_pad_value=data_config.image_pad_value, base_short_side=data_config.base_short_side,
+               cat_max_ratio=data_config.cat_max_ratio, photometric_distortion=data_config.photometric_distortion,
+               resize_antialias=data_config.resize_antialias)
+
   def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
     image, label = sample['image'], sample['label']
     low, high = self.ratio_range

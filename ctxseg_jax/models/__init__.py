@@ -1,6 +1,6 @@
 """Segmentation models assembled from config.model: a backbone and an ordered set of named heads.
 
-config.model holds `dtype`, `backbone` (a BACKBONES config, chosen by its `name`) and `heads` (name -> a HEADS
+config.model holds `dtype`, `remat`, `backbone` (a BACKBONES config, chosen by its `name`) and `heads` (name -> a HEADS
 config, chosen by its `type`). Heads run in `running_order`: inference heads before training-only ones, each after
 the heads whose outputs it reads, otherwise by name. Every built model maps (B, H, W, 3) normalised images to a
 dict of named outputs (see `Segmentor`): 'logits' always; training-only heads' outputs and 'stage_features' only
@@ -22,6 +22,9 @@ from ctxseg_jax.models.segmentor import STAGE_FEATURES, HeadSpec, Segmentor
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 DTYPE = settings.Setting('float32', "compute dtype: 'float32' or 'bfloat16' (parameters stay float32)",
                          choices=tuple(DTYPES))
+REMAT = settings.Setting(False, 'rematerialise the backbone in training: each block (ResNet) or module (HRNet) keeps '
+                         'only its input for the backward pass and recomputes the rest, trading compute for memory '
+                         '(parameters unchanged)')
 BN_RUNNING_VAR = settings.Setting('unbiased', "BatchNorm running variance update in training: 'unbiased' (PyTorch, "
                                   "which every reference trains with) or 'biased' (Flax)", choices=RUNNING_VARS)
 
@@ -31,6 +34,7 @@ def model_config(backbone: ml_collections.ConfigDict,
   """config.model from a backbone config and {head name: head config}."""
   config = ml_collections.ConfigDict()
   config.dtype = DTYPE.default
+  config.remat = REMAT.default
   config.bn_running_var = BN_RUNNING_VAR.default
   config.backbone = backbone
   config.heads = ml_collections.ConfigDict(heads)
@@ -87,7 +91,7 @@ def head_outputs(model: ml_collections.ConfigDict, *, train: bool) -> list[str]:
 def problems(model: ml_collections.ConfigDict, prefix: str = 'model') -> list[str]:
   """Every problem of config.model: settings of the backbone and each head, and how the enabled heads are wired."""
   errors = []
-  for key, setting in (('dtype', DTYPE), ('bn_running_var', BN_RUNNING_VAR)):
+  for key, setting in (('dtype', DTYPE), ('remat', REMAT), ('bn_running_var', BN_RUNNING_VAR)):
     problem = setting.problem(f'{prefix}.{key}', model[key])
     if problem:
       errors.append(problem)
@@ -164,7 +168,8 @@ def build_model(model: ml_collections.ConfigDict, num_classes: int) -> Segmentor
                **{key: _frozen(head[key]) for key in WIRING if key != 'enabled'},
                local_outputs=HEADS[head.type].outputs)
       for name, head in ((name, model.heads[name]) for name in running_order(model.heads)))
-  return Segmentor(backbone=BACKBONES[model.backbone.name].build(model.backbone, dtype=dtype), heads=heads,
+  backbone = BACKBONES[model.backbone.name].build(model.backbone, dtype=dtype, remat=model.remat)
+  return Segmentor(backbone=backbone, heads=heads,
                    bn_running_var=model.bn_running_var)
 
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from ctxseg_jax import settings
 from ctxseg_jax.models.backbones.resnet import BasicBlock, Bottleneck
 from ctxseg_jax.models.layers.conv import KAIMING_FAN_OUT, ConvBNReLU, Initializer
+from ctxseg_jax.models.layers.remat import block_type
 from ctxseg_jax.models.layers.valid_region import ValidRegion, resize_within
 from ctxseg_jax.settings import Setting
 
@@ -68,7 +69,7 @@ class FusionModule(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, branches: Sequence[jax.Array], *, train: bool,
+  def __call__(self, branches: Sequence[jax.Array], train: bool,
                valid: ValidRegion | None = None) -> list[jax.Array]:
     """Branches [(B, H / 2**i, W / 2**i, widths[i])] -> fused branches of the same shapes; with `valid`, lower
     branches are upsampled within each image's region (layers.valid_region)."""
@@ -105,12 +106,15 @@ class HRNet(nn.Module):
     align_corners: corner convention of the fusion upsampling.
     weight_init: 'hrnet' (conv kernels N(0, 0.001), HRNet-Semantic-Segmentation) or 'kaiming' (fan-out, mmcv).
     dtype: compute dtype; parameters are float32.
+    remat: in training, rematerialise every stem and transition conv, stage-1 Bottleneck and fusion module
+      (layers.remat).
   """
   width: int = 48
   depth: str = 'full'
   align_corners: bool = True
   weight_init: str = 'hrnet'
   dtype: Dtype = jnp.float32
+  remat: bool = False
 
   takes_valid_region: ClassVar[bool] = True
 
@@ -119,13 +123,15 @@ class HRNet(nn.Module):
     """(B, H, W, 3) -> [(B, ceil(H / 4 / 2**i), ceil(W / 4 / 2**i), width * 2**i) for i in 0..3]; `valid`: see
     FusionModule."""
     kernel_init = INITS[self.weight_init]
-    conv = lambda features, kernel, name, stride=1: ConvBNReLU(  # noqa: E731
+    remat = self.remat and train  # nothing to save for a backward pass otherwise
+    conv_type, bottleneck_type, fusion_type = (block_type(t, remat) for t in (ConvBNReLU, Bottleneck, FusionModule))
+    conv = lambda features, kernel, name, stride=1: conv_type(  # noqa: E731
         features, kernel, stride=stride, kernel_init=kernel_init, dtype=self.dtype, name=name)
-    x = conv(STEM_WIDTH, 3, 'stem1', stride=2)(x, train=train)
-    x = conv(STEM_WIDTH, 3, 'stem2', stride=2)(x, train=train)
+    x = conv(STEM_WIDTH, 3, 'stem1', stride=2)(x, train)
+    x = conv(STEM_WIDTH, 3, 'stem2', stride=2)(x, train)
     depth = DEPTHS[self.depth]
     for b in range(depth.stage1_blocks):
-      x = Bottleneck(STEM_WIDTH, kernel_init=kernel_init, dtype=self.dtype, name=f'layer1_{b}')(x, train=train)
+      x = bottleneck_type(STEM_WIDTH, kernel_init=kernel_init, dtype=self.dtype, name=f'layer1_{b}')(x, train)
     branches = [x]
     for stage, (num_modules, num_branches, num_blocks) in enumerate(depth.stages, start=2):
       widths = tuple(self.width * 2**i for i in range(num_branches))
@@ -134,14 +140,14 @@ class HRNet(nn.Module):
         if i < len(branches):
           y = branches[i]
           if y.shape[-1] != width:
-            y = conv(width, 3, f'transition{stage - 1}_{i}')(y, train=train)
+            y = conv(width, 3, f'transition{stage - 1}_{i}')(y, train)
         else:
-          y = conv(width, 3, f'transition{stage - 1}_{i}', stride=2)(branches[-1], train=train)
+          y = conv(width, 3, f'transition{stage - 1}_{i}', stride=2)(branches[-1], train)
         new_branches.append(y)
       branches = new_branches
       for m in range(num_modules):
-        branches = FusionModule(widths, num_blocks, self.align_corners, kernel_init, dtype=self.dtype,
-                                name=f'stage{stage}_{m}')(branches, train=train, valid=valid)
+        branches = fusion_type(widths, num_blocks, self.align_corners, kernel_init, dtype=self.dtype,
+                               name=f'stage{stage}_{m}')(branches, train, valid=valid)
     return branches
 
 
@@ -156,10 +162,10 @@ SETTINGS = {
 }
 
 
-def build(config, *, dtype: Dtype) -> HRNet:
-  """The HRNetV2 of a backbone config (SETTINGS' keys)."""
+def build(config, *, dtype: Dtype, remat: bool = False) -> HRNet:
+  """The HRNetV2 of a backbone config (SETTINGS' keys); `remat`: config.model.remat."""
   return HRNet(width=config.width, depth=config.depth, align_corners=config.align_corners,
-               weight_init=config.weight_init, dtype=dtype)
+               weight_init=config.weight_init, dtype=dtype, remat=remat)
 
 
 COMPONENT = settings.Component(build, SETTINGS, outputs=('branch1', 'branch2', 'branch3', 'branch4'),

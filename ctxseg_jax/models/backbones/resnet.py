@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from ctxseg_jax import settings
 from ctxseg_jax.models.layers.conv import KAIMING_FAN_OUT, ConvBNReLU, Initializer, MaxPool, batch_norm, conv2d
+from ctxseg_jax.models.layers.remat import block_type
 from ctxseg_jax.settings import Setting
 
 Dtype = Any
@@ -82,7 +83,7 @@ class Stem(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """(B, H, W, 3) -> (B, ceil(H / 4), ceil(W / 4), stem_widths[-1])."""
     widths = stem_widths(self.kind, self.base_width)
     kernel = 7 if self.kind == 'pytorch' else 3
@@ -116,7 +117,7 @@ class BasicBlock(nn.Module):
   expansion: ClassVar[int] = 1
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """(B, H, W, C) -> (B, H / stride, W / stride, planes)."""
     last_scale = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
     conv = functools.partial(conv2d, dtype=self.dtype, kernel_init=self.kernel_init)
@@ -147,7 +148,7 @@ class Bottleneck(nn.Module):
   expansion: ClassVar[int] = 4
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """(B, H, W, C) -> (B, H / stride, W / stride, 4 * planes)."""
     out_channels = self.planes * self.expansion
     last_scale = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
@@ -186,6 +187,7 @@ class ResNet(nn.Module):
     zero_init_residual: initialise the last BN scale of every block to 0, as mmseg's ResNet does by default
       when it is not loading pretrained weights (PyTorch-Encoding and torchvision use 1).
     dtype: compute dtype; parameters are float32.
+    remat: in training, rematerialise the stem and every block (layers.remat).
   """
   depth: int = 50
   stem: str = 'v1c'
@@ -194,19 +196,21 @@ class ResNet(nn.Module):
   contract_dilation: bool = True
   zero_init_residual: bool = True
   dtype: Dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
     """(B, H, W, 3) normalised images -> four (B, ceil(H / s_i), ceil(W / s_i), C_i) arrays in `dtype`."""
     plan = block_plan(self.depth, self.output_stride, self.contract_dilation)
-    block_cls = BasicBlock if self.depth < 50 else Bottleneck
-    x = Stem(self.stem, self.base_width, dtype=self.dtype, name='stem')(x, train=train)
+    remat = self.remat and train  # nothing to save for a backward pass otherwise
+    block_cls = block_type(BasicBlock if self.depth < 50 else Bottleneck, remat)
+    x = block_type(Stem, remat)(self.stem, self.base_width, dtype=self.dtype, name='stem')(x, train)
     outputs = []
     for stage, blocks in enumerate(plan):
       for index, (stride, dilation) in enumerate(blocks):
         x = block_cls(self.base_width * 2**stage, stride=stride, dilation=dilation,
                       zero_init_last=self.zero_init_residual, dtype=self.dtype,
-                      name=f'layer{stage + 1}_{index}')(x, train=train)
+                      name=f'layer{stage + 1}_{index}')(x, train)
       outputs.append(x)
     return outputs
 
@@ -224,11 +228,11 @@ SETTINGS = {
 }
 
 
-def build(config, *, dtype: Dtype) -> ResNet:
-  """The dilated ResNet of a backbone config (SETTINGS' keys)."""
+def build(config, *, dtype: Dtype, remat: bool = False) -> ResNet:
+  """The dilated ResNet of a backbone config (SETTINGS' keys); `remat`: config.model.remat."""
   return ResNet(depth=config.depth, stem=config.stem, base_width=config.base_width,
                 output_stride=config.output_stride, contract_dilation=config.contract_dilation,
-                zero_init_residual=config.zero_init_residual, dtype=dtype)
+                zero_init_residual=config.zero_init_residual, dtype=dtype, remat=remat)
 
 
 COMPONENT = settings.Component(build, SETTINGS, outputs=('stage1', 'stage2', 'stage3', 'stage4'),

@@ -206,7 +206,7 @@ class ConvBNReLU(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """(B, H, W, C_in) -> (B, H', W', features) in `dtype`."""
     x = conv2d(self.features, self.kernel_size, stride=self.stride, dilation=self.dilation, use_bias=self.use_bias,
                dtype=self.dtype, kernel_init=self.kernel_init, bias_init=self.bias_init, name='conv')(x)

@@ -921,7 +921,7 @@ def make_loss(loss: dict[str, Any], *, num_classes: int,
 
 
 def poly_lr(optim: dict[str, Any], total_steps: int, step: int) -> float:
-  """ctxseg_jax.optim.poly_schedule at `step` (the LR used by step `step`, 0-based)."""
+  """ctxseg_jax.optim.lr_schedule (optim.schedule 'poly') at `step` (the LR used by step `step`, 0-based)."""
   t = min(float(step), total_steps)
   lr = (optim['lr'] - optim['end_lr']) * (1.0 - t / total_steps)**optim['poly_power'] + optim['end_lr']
   if optim['warmup_steps'] > 0 and t < optim['warmup_steps']:

@@ -16,6 +16,7 @@ import numpy as np
 
 from ctxseg_jax import reporting
 from ctxseg_jax.data import datasets
+from ctxseg_jax.data import pipeline
 from ctxseg_jax.data import transforms
 from ctxseg_jax.data.datasets.base import DataError, check_sample
 
@@ -43,7 +44,8 @@ class ProgressBar:
       print(line, file=self.stream, flush=True)
 
 
-def _check_one(source, index: int, info, eval_preprocess: transforms.EvalPreprocess | None
+def _check_one(source, index: int, info,
+               eval_preprocess: transforms.EvalPreprocess | transforms.ClassificationEvalPreprocess | None
                ) -> tuple[list[str], np.ndarray | None]:
   """Problems of sample `index` and its label histogram (None when it could not be read)."""
   name = source.sample_name(index)
@@ -58,8 +60,8 @@ def _check_one(source, index: int, info, eval_preprocess: transforms.EvalPreproc
   if problems:
     return problems, None
   if eval_preprocess is not None:
-    problems.extend(eval_preprocess.shape_problems(name, *sample['label'].shape))
-  return problems, np.bincount(sample['label'].reshape(-1), minlength=256)
+    problems.extend(eval_preprocess.shape_problems(name, *sample['image'].shape[:2]))
+  return problems, np.bincount(np.asarray(sample['label']).reshape(-1), minlength=256)
 
 
 def check_split(config: ml_collections.ConfigDict, split: str, info) -> list[str]:
@@ -71,7 +73,7 @@ def check_split(config: ml_collections.ConfigDict, split: str, info) -> list[str
   problems = list(getattr(source, 'problems', []))
   for note in getattr(source, 'notes', []):
     reporting.console(f'Note: {note}')
-  eval_preprocess = (transforms.EvalPreprocess.from_config(config.data, config.eval) if split == config.data.eval_split
+  eval_preprocess = (pipeline.eval_preprocess(config.data, config.eval, info.task) if split == config.data.eval_split
                      else None)
   counts = np.zeros(256, np.int64)
   progress = ProgressBar(f'Checking {info.name}/{split}', len(source))
@@ -101,8 +103,10 @@ def check_data(config: ml_collections.ConfigDict) -> list[str]:
 
 def _frequency_table(split: str, counts: np.ndarray, info) -> str:
   total = max(int(counts.sum()), 1)
-  lines = [f'Class frequencies in {info.name}/{split} ({total:,} pixels):']
+  unit = 'images' if info.task == 'classification' else 'pixels'
+  lines = [f'Class frequencies in {info.name}/{split} ({total:,} {unit}):']
   for class_id, name in enumerate(info.class_names):
     lines.append(f'  {class_id:>3} {name:<20}{100 * counts[class_id] / total:8.3f}%')
-  lines.append(f'  {"":>3} {"ignore":<20}{100 * counts[info.ignore_index] / total:8.3f}%')
+  if info.task != 'classification':
+    lines.append(f'  {"":>3} {"ignore":<20}{100 * counts[info.ignore_index] / total:8.3f}%')
   return '\n'.join(lines)

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import ml_collections
 
-from ctxseg_jax import inference, losses, metrics, models
+from ctxseg_jax import inference, losses, metrics, models, optim
 from ctxseg_jax.data import transforms
 from ctxseg_jax.losses import TERMS
 from ctxseg_jax.models.backbones import BACKBONES
@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.base_short_side = 0          # > 0: also cap the short side at base_short_side * ratio (mmseg keep-ratio
                                       # scale (base_size, base_short_side), e.g. ADE20K (2048, 512)); 0: long side only
   c.data.crop_size = (512, 512)       # (height, width) of training crops
+  c.data.crop_padding = 0             # classification datasets: pixels of image_pad_value added on every side
+                                      # before the random crop (CIFAR: 4, torchvision RandomCrop(32, padding=4))
   c.data.flip = True                  # random horizontal flip, p = 0.5
   c.data.cat_max_ratio = 1.0          # < 1: re-draw the crop (up to 10 times) while one class covers more than
                                       # this share of its labelled pixels (mmseg RandomCrop; 0.75 in its configs)
@@ -71,7 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
                                       # (124, 116, 104), the uint8 nearest to the ImageNet mean
   c.data.worker_count = 2             # grain worker processes per host (0: in the main process)
   c.data.worker_buffer_size = 2       # batches each worker (or the main process) prepares ahead, one per thread
-  # Procedurally generated dataset (data.name = 'synthetic_context'); deterministic from (seed, index).
+  # Procedurally generated datasets (data.name = 'synthetic_context', 'synthetic_classification');
+  # deterministic from (seed, index).
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.image_size = 96
   c.data.synthetic.num_train = 2000
@@ -89,7 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
       ce=TERMS.config('cross_entropy'),
       aux=TERMS.config('cross_entropy', output='aux_logits', weight=0.4))  # mmseg 0.4; PyTorch-Encoding 0.2
 
-  c.optim = ml_collections.ConfigDict()  # SGD + polynomial decay, stepped per iteration
+  c.optim = ml_collections.ConfigDict()  # SGD + polynomial (or cosine) decay, stepped per iteration
+  c.optim.schedule = 'poly'           # 'poly': (1 - t / T) ** poly_power; 'cosine': (1 + cos(pi t / T)) / 2
+                                      # (PyTorch-Encoding's CIFAR-10 runs)
   c.optim.lr = 0.01
   c.optim.momentum = 0.9
   c.optim.weight_decay = 5e-4         # applied to every parameter (BN and biases included), as the references do
@@ -156,14 +161,16 @@ _CHOICES = {
     'eval.mode': inference.MODES,
     'eval.combine': inference.COMBINES,
     'train.damaged_checkpoints': ('move', 'stop'),
+    'optim.schedule': optim.SCHEDULES,
 }
 _POSITIVE = ('train.steps', 'train.batch_size', 'train.log_every', 'train.checkpoint_every',
              'train.keep_checkpoints', 'eval.batch_size', 'eval.feature_samples', 'eval.feature_neighbours',
              'eval.windows_per_pass',
              'data.base_size', 'data.synthetic.image_size',
              'data.synthetic.num_train', 'data.synthetic.num_val')
-_NON_NEGATIVE = ('data.ratio_step', 'eval.shape_bucket', 'train.eval_every', 'optim.lr', 'optim.weight_decay',
-                 'optim.end_lr', 'optim.warmup_steps', 'data.worker_count', 'data.base_short_side')
+_NON_NEGATIVE = ('data.ratio_step', 'data.crop_padding', 'eval.shape_bucket', 'train.eval_every', 'optim.lr',
+                 'optim.weight_decay', 'optim.end_lr', 'optim.warmup_steps', 'data.worker_count',
+                 'data.base_short_side')
 _UNIT_INTERVAL = ('optim.momentum', 'optim.warmup_ratio')
 
 
@@ -183,10 +190,15 @@ def _pair(config, key: str, errors: list[str], *, positive: bool = True) -> None
 
 
 def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str] = (),
-             num_classes: int | None = None) -> None:
-  """Checks every value; raises ConfigError listing each bad key, its value and what is valid. `num_classes`
-  (the dataset's, when known) checks per-class settings."""
+             num_classes: int | None = None, task: str | None = None) -> None:
+  """Checks every value; raises ConfigError listing each bad key, its value and what is valid. `num_classes` and
+  `task` (the dataset's, when known: DatasetInfo.task) check per-class settings and that the model and the
+  evaluation suit the dataset."""
   errors: list[str] = models.problems(config.model)
+  if not errors and task is not None:
+    errors += models.task_problems(config.model, task, config.data.name)
+  if task == 'classification':
+    errors += _classification_eval_problems(config.eval)
   errors += losses.problems(config.loss, None if errors else models.head_outputs(config.model, train=True),
                             num_classes)
   errors += _lr_mult_problems(config.optim.lr_mults)
@@ -245,6 +257,17 @@ def validate(config: ml_collections.ConfigDict, *, known_datasets: Iterable[str]
     raise ConfigError(f'Invalid config: {errors[0]}')
   if errors:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(errors))
+
+
+def _classification_eval_problems(settings: ml_collections.ConfigDict) -> list[str]:
+  """A classifier is evaluated on whole images at one scale; the segmentation metrics have nothing to measure."""
+  defaults = {'mode': 'whole', 'scales': (1.0,), 'flip': False, 'boundary_px': (), 'feature_metrics': False}
+  changed = [key for key, default in defaults.items()
+             if (tuple(settings[key]) if isinstance(default, tuple) else settings[key]) != default]
+  if not changed:
+    return []
+  return [f'config.eval.{", ".join(changed)} apply to segmentation; a classification dataset is evaluated on whole '
+          f'images at one scale: reset them to {", ".join(f"{key}={defaults[key]!r}" for key in changed)}']
 
 
 def _eval_protocol_problems(settings: ml_collections.ConfigDict) -> list[str]:

@@ -1,5 +1,6 @@
 """Evaluation: a confusion matrix accumulated on device over the sharded eval split, then mIoU / mAcc / aAcc; with
-config.eval.feature_metrics, also A / U / U_l of the features before the classifier (feature_metrics.py)."""
+config.eval.feature_metrics, also A / U / U_l of the features before the classifier (feature_metrics.py). For a
+classification dataset the matrix counts images, and gives top-1 accuracy and error."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,9 +8,14 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from ctxseg_jax import config as config_lib
 from ctxseg_jax import experiment, feature_metrics, metrics, parallel, reporting, storage
 from ctxseg_jax.checkpoints import Checkpointer
 from ctxseg_jax.data import datasets, eval_plan, pipeline
+
+
+# The eval metric that ranks checkpoints (best-checkpoint retention), by dataset task.
+HEADLINE = {'segmentation': 'miou', 'classification': 'top1'}
 
 
 class Evaluator:
@@ -21,11 +27,14 @@ class Evaluator:
     self.source = datasets.build_source(config.data, config.data.eval_split)
     parallel.per_process_batch_size(config.eval.batch_size, exp.mesh, 'eval.batch_size')
     self._plan = None
+    self.classification = exp.info.task == 'classification'
+    self.headline = HEADLINE[exp.info.task]
 
   def run(self, variables: dict[str, Any], per_image: bool = False) -> dict[str, float]:
-    """Metrics over the whole eval split: in percent (see metrics.segmentation_metrics), and with
-    config.eval.feature_metrics also feature_metrics.KEYS (see feature_metrics.feature_metrics). With
-    `per_image`, each image's (K, K) confusion matrix is kept in self.image_confusions, by split index."""
+    """Metrics over the whole eval split: in percent (see metrics.segmentation_metrics, or for a classification
+    dataset metrics.classification_metrics), and with config.eval.feature_metrics also feature_metrics.KEYS (see
+    feature_metrics.feature_metrics). With `per_image`, each image's (K, K) confusion matrix is kept in
+    self.image_confusions, by split index."""
     config = self.exp.config
     if self._plan is None:  # reads every image's size: once
       self._plan = eval_plan.plan(self.source, config.data, config.eval.batch_size, config.eval)
@@ -49,6 +58,8 @@ class Evaluator:
         accumulator.add(result['boundary'][i], pixels_per_batch)
       if 'features' in result:
         features.add(result['features'])
+    if self.classification:
+      return metrics.classification_metrics(confusion.result(), names)
     results = metrics.segmentation_metrics(confusion.result(), names, convention)
     for width, accumulator in zip(config.eval.boundary_px, boundaries):
       boundary = metrics.segmentation_metrics(accumulator.result(), names, convention)
@@ -60,7 +71,10 @@ class Evaluator:
   def report(self, step: int, results: dict[str, float], writer: reporting.MetricWriter) -> None:
     """Prints the per-class table and records the eval scalars at `step`."""
     config = self.exp.config
-    table = metrics.format_table(results, self.exp.info.class_names, config.eval.miou_convention)
+    if self.classification:
+      table = metrics.format_classification_table(results, self.exp.info.class_names)
+    else:
+      table = metrics.format_table(results, self.exp.info.class_names, config.eval.miou_convention)
     if config.eval.boundary_px:
       table += '\nboundary mIoU (trimaps of ' + ', '.join(
           f'{w} px: {results[f"boundary_miou/{w}px"]:.2f}' for w in config.eval.boundary_px) + ')'
@@ -68,7 +82,8 @@ class Evaluator:
       table += '\n' + feature_metrics.format_line(results, config.eval.feature_samples)
     reporting.console(f'Evaluation at step {step} on {self.exp.info.name}/{config.data.eval_split} '
                       f'({len(self.source)} images):\n{table}')
-    writer.write(step, 'eval', {k: v for k, v in results.items() if not k.startswith('acc/')})
+    # Per-class accuracies are recorded for a classifier only (a segmentation's per-class IoUs are).
+    writer.write(step, 'eval', {k: v for k, v in results.items() if self.classification or not k.startswith('acc/')})
 
 
 def restore_variables(exp: experiment.Experiment, workdir: str | epath.Path,
@@ -91,6 +106,9 @@ def evaluate(config, workdir: str | epath.Path, step: int | None = None, *, outp
   as --mode predict does) and, with `worst`, the predictions of the `worst` images of lowest mIoU (label PNG,
   overlay and image | prediction | ground truth comparison, named worst<rank>_<stem>)."""
   exp = experiment.build(config)
+  if output and exp.info.task == 'classification':
+    raise config_lib.ConfigError(f'--output writes per-image segmentation scores; data.name={config.data.name!r} is '
+                                 'a classification dataset, whose evaluation is the table and metrics.jsonl alone')
   restored_step, variables = restore_variables(exp, workdir, step)
   storage.check_writable(workdir)  # before the work: the results are appended to metrics.jsonl
   if output:

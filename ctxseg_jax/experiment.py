@@ -53,7 +53,8 @@ class Experiment:
 
   @functools.cached_property
   def eval_step(self) -> Callable[[dict, dict], dict[str, Any]]:
-    """Jitted (variables, global eval batch) -> replicated {'confusion': (K, K), ...} (see steps.eval_step)."""
+    """Jitted (variables, global eval batch) -> replicated {'confusion': (K, K), ...} (see steps.eval_step, and
+    steps.classification_eval_step for a classification dataset)."""
     return self._eval_step(per_image=False)
 
   @functools.cached_property
@@ -62,8 +63,13 @@ class Experiment:
     return self._eval_step(per_image=True)
 
   def _eval_step(self, per_image: bool) -> Callable[[dict, dict], dict[str, Any]]:
-    step = functools.partial(steps.eval_step, model=self.model, config=self.config, per_image=per_image,
-                             num_classes=self.info.num_classes, ignore_index=self.info.ignore_index)
+    classes = dict(num_classes=self.info.num_classes, ignore_index=self.info.ignore_index)
+    if self.info.task == 'classification':
+      if per_image:
+        raise ValueError('per-image evaluation scores segmentations; a classifier has no per-image scores')
+      step = functools.partial(steps.classification_eval_step, model=self.model, config=self.config, **classes)
+    else:
+      step = functools.partial(steps.eval_step, model=self.model, config=self.config, per_image=per_image, **classes)
     return parallel.InStep(jax.jit(step, in_shardings=(parallel.replicated(self.mesh),
                                                         parallel.batch_sharded(self.mesh)),
                                    out_shardings=parallel.replicated(self.mesh)))
@@ -89,8 +95,10 @@ class Experiment:
 
   @functools.cached_property
   def predict(self) -> Callable[[dict, jax.Array], jax.Array]:
-    """Jitted (variables, uint8 images (B, H, W, 3) sharded on the batch) -> logits (B, H, W, K), same sharding."""
-    fn = functools.partial(inference.predict_logits, model=self.model, config=self.config)
+    """Jitted (variables, uint8 images (B, H, W, 3) sharded on the batch) -> logits (B, H, W, K), same sharding;
+    a classifier's (B, K)."""
+    score = inference.classify if self.info.task == 'classification' else inference.predict_logits
+    fn = functools.partial(score, model=self.model, config=self.config)
     return parallel.InStep(jax.jit(fn, in_shardings=(parallel.replicated(self.mesh),
                                                       parallel.batch_sharded(self.mesh)),
                                    out_shardings=parallel.batch_sharded(self.mesh)))
@@ -122,10 +130,10 @@ class _ByOutputShape:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """config.validate with the known datasets and, when the dataset is known, its number of classes."""
-  known = config.data.name in datasets.DATASETS
-  config_lib.validate(config, known_datasets=datasets.DATASETS,
-                      num_classes=datasets.dataset_info(config.data).num_classes if known else None)
+  """config.validate with the known datasets and, when the dataset is known, its number of classes and task."""
+  info = datasets.dataset_info(config.data) if config.data.name in datasets.DATASETS else None
+  config_lib.validate(config, known_datasets=datasets.DATASETS, num_classes=info and info.num_classes,
+                      task=info and info.task)
 
 
 def build(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Experiment:

@@ -1,5 +1,7 @@
 """The one path from images to class scores: the eval step, predictions and `--mode summary`'s FLOP count.
 
+A classifier (a classification dataset) scores each whole image once: `classify`. A segmentor:
+
 Two routes, by `transforms.resizes_on_device(config.eval)`:
 - Single-scale whole-image inference (eval.mode 'whole', scales (1.0,), no flip; the default): the host resized
   each image to data.eval_scale; one forward pass over the padded batch (`predict_logits`), logits resized to the
@@ -53,6 +55,11 @@ def normalize(images: jax.Array, mean, std) -> jax.Array:
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
   return (images.astype(jnp.float32) - mean) / std
+
+
+def classify(variables: dict, images: jax.Array, *, model: Segmentor, config: ml_collections.ConfigDict) -> jax.Array:
+  """uint8 (B, H, W, 3) images -> float32 logits (B, K) of a classifier (image-level 'logits'): one forward pass."""
+  return model.apply(variables, normalize(images, config.data.mean, config.data.std), train=False)['logits']
 
 
 def predict_logits(variables: dict, images: jax.Array, *, model: Segmentor,

@@ -1,5 +1,6 @@
 """Segmentation metrics: a confusion matrix built on device, and mIoU / mAcc / aAcc computed from it on the host;
-boundary mIoU from confusion matrices restricted to trimaps around the label boundaries.
+boundary mIoU from confusion matrices restricted to trimaps around the label boundaries. Classification metrics
+(top-1 accuracy and error, per-class accuracy) from the same confusion matrix, over images.
 
 Two published mIoU conventions exist and both are reported, named:
   - 'present' (mmseg IoUMetric): mean over classes whose union is non-zero (nanmean);
@@ -133,6 +134,27 @@ def format_table(metrics: dict[str, float], class_names: Sequence[str], miou_con
   lines.append('-' * (width + 16))
   lines.append(f'mIoU {metrics["miou"]:.2f} ({miou_convention} classes; present {metrics["miou_present"]:.2f}, '
                f'all {metrics["miou_all"]:.2f})  mAcc {metrics["macc"]:.2f}  aAcc {metrics["aacc"]:.2f}')
+  return '\n'.join(lines)
+
+
+def classification_metrics(confusion: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+  """Metrics in percent from a (K, K) confusion matrix of images (rows true class, columns prediction).
+
+  Returns keys: top1 (the share of images whose highest score is their class), error (100 - top1), macc (mean
+  over classes of each class's accuracy) and per class 'acc/<name>' (NaN for a class with no image).
+  """
+  scores = segmentation_metrics(confusion, class_names)  # its aAcc is top-1 accuracy, mAcc and Acc the same
+  return {'top1': scores['aacc'], 'error': 100 - scores['aacc'], 'macc': scores['macc'],
+          **{f'acc/{name}': scores[f'acc/{name}'] for name in class_names}}
+
+
+def format_classification_table(metrics: dict[str, float], class_names: Sequence[str]) -> str:
+  """A per-class accuracy table followed by the top-1 line, for the console."""
+  width = max(12, max(len(n) for n in class_names) + 2)
+  lines = [f'{"class":<{width}}{"Acc":>8}', '-' * (width + 8)]
+  lines += [f'{name:<{width}}{_fmt(metrics[f"acc/{name}"])}' for name in class_names]
+  lines.append('-' * (width + 8))
+  lines.append(f'top-1 {metrics["top1"]:.2f}  error {metrics["error"]:.2f}  mAcc {metrics["macc"]:.2f}')
   return '\n'.join(lines)
 
 

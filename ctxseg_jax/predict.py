@@ -408,6 +408,9 @@ def predict(config: ml_collections.ConfigDict, workdir: str | epath.Path, output
   """
   exp = experiment.build(config, devices)
   info = exp.info
+  if info.task == 'classification':
+    raise ConfigError(f'--mode predict writes label maps; data.name={config.data.name!r} is a classification '
+                      'dataset: evaluate its checkpoints with --mode eval (top-1 accuracy per class)')
   _check_label_format(label_format, info)
   parallel.per_process_batch_size(config.eval.batch_size, exp.mesh, 'eval.batch_size')
   out = epath.Path(output)

@@ -368,6 +368,74 @@ def ocr_on_hrnet(config: ml_collections.ConfigDict, stages: HeadSettings, *, wid
       dropout=0.05 if hrnet_ocr else 0.0, weight_init=init))
 
 
+# CIFAR-10's per-channel training-set mean and std (the torchvision Normalize values of CIFAR pipelines, 0.4914,
+# 0.4822, 0.4465 and 0.2023, 0.1994, 0.2010) in 0..255 pixel units.
+CIFAR10_MEAN = (125.307, 122.961, 113.8575)
+CIFAR10_STD = (51.5865, 50.847, 51.255)
+
+
+def _classifier(config: ml_collections.ConfigDict, backbone: ml_collections.ConfigDict) -> None:
+  """`backbone` with the 'classifier' head on its last stage as the whole model (no decode or auxiliary head), and
+  softmax cross-entropy over the images as the whole loss."""
+  config.model.backbone = backbone
+  for name in list(config.model.heads):
+    models.set_head(config.model, name, None)
+  models.set_head(config.model, 'classifier', HEADS.config('classifier', reads=(2,)))
+  set_term(config.loss, 'aux', None)
+  set_term(config.loss, 'ce', TERMS.config('cross_entropy'))
+
+
+def _cifar_training(config: ml_collections.ConfigDict, backbone: ml_collections.ConfigDict, *, batch_size: int,
+                    steps: int, eval_every: int, eval_batch_size: int) -> None:
+  """PyTorch-Encoding's CIFAR recipe on `backbone` with the classifier head: 32x32 crops of the image padded by 4
+  black pixels on every side, horizontal flips (the image normalised on device by data.mean / data.std); SGD lr 0.1,
+  momentum 0.9, weight decay 5e-4 on every parameter, cosine decay per iteration over `steps`; evaluated on the
+  whole 32x32 image."""
+  config.data.crop_size = (32, 32)
+  config.data.crop_padding = 4
+  config.data.flip = True
+  config.data.image_pad_value = (0, 0, 0)
+  config.data.eval_size = (32, 32)
+  _classifier(config, backbone)
+  config.optim.schedule = 'cosine'
+  config.optim.lr = 0.1
+  config.optim.momentum = 0.9
+  config.optim.weight_decay = 5e-4
+  config.optim.end_lr = 0.0
+  config.optim.lr_mults = ()
+  config.train.batch_size = batch_size
+  config.train.steps = steps
+  config.train.eval_every = config.train.checkpoint_every = eval_every
+  config.train.log_every = max(1, eval_every // 2)
+  config.eval.batch_size = eval_batch_size
+
+
+def pytorch_encoding_cifar10(config: ml_collections.ConfigDict, *, epochs: int = 600) -> None:
+  """PyTorch-Encoding's CIFAR-10 protocol (experiments/recognition, the EncNet paper's 3.45% network; see
+  configs/encnet_cifar10.py): EncNet's CIFAR network, `_cifar_training` over `epochs` epochs of the 50000 training
+  images at batch 128, evaluated every 10 epochs on the 10000 test images at batch 256."""
+  config.data.name = 'cifar10'
+  config.data.train_split, config.data.eval_split = 'train', 'test'
+  config.data.mean, config.data.std = CIFAR10_MEAN, CIFAR10_STD
+  steps_per_epoch = 50_000 / 128
+  _cifar_training(config, BACKBONES.config('cifar_resnet'), batch_size=128, steps=int(epochs * steps_per_epoch),
+                  eval_every=int(10 * steps_per_epoch), eval_batch_size=256)
+
+
+def synthetic_classification_demo(config: ml_collections.ConfigDict, *, num_codes: int) -> None:
+  """The classification demo (configs/demo_classification.py): EncNet's CIFAR network at width 16 (16, 32, 64
+  channels) with `num_codes` codewords in every block's Context Encoding Module (0: none), on 32 px synthetic
+  scenes whose class depends on the scene (data.name 'synthetic_classification'), with the CIFAR-10 recipe
+  (`_cifar_training`) at a CPU budget: 200 steps at batch 64, evaluated on 1000 images every 100."""
+  config.data.name = 'synthetic_classification'
+  config.data.synthetic.image_size = 32
+  config.data.synthetic.num_train = 20_000
+  config.data.synthetic.num_val = 1_000
+  config.data.worker_count = 1
+  _cifar_training(config, BACKBONES.config('cifar_resnet', base_width=16, num_codes=num_codes), batch_size=64,
+                  steps=200, eval_every=100, eval_batch_size=100)
+
+
 def synthetic_demo(config: ml_collections.ConfigDict) -> HeadSettings:
   """The CPU demo: a width-16 dilated ResNet-18 on 96 px synthetic context images, 1200 steps (configs/demo.py)."""
   config.data.name = 'synthetic_context'

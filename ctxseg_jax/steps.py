@@ -1,5 +1,5 @@
 """The train state and the pure functions jit-compiled over the mesh (see experiment.py): init, one train step,
-one eval step, one predict step and per-image confusion matrices."""
+one eval step (segmentation or classification), one predict step and per-image confusion matrices."""
 from __future__ import annotations
 
 from typing import Any
@@ -43,7 +43,8 @@ def step_keys(seed: int, step: jax.Array) -> tuple[jax.Array, jax.Array]:
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                optimizer: optax.GradientTransformation, loss_fn: LossFn,
                config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on a global batch {'image': uint8 (B, H, W, 3), 'label': uint8 (B, H, W)}.
+  """One SGD step on a global batch {'image': uint8 (B, H, W, 3), 'label': uint8 (B, H, W)} (a classification
+  dataset's: 'label' int32 (B,)).
 
   Returns the new state and scalar metrics: 'loss' (the total) and what the loss terms log ('loss_ce', ...).
   """
@@ -113,3 +114,13 @@ def eval_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
                                                           num_classes=num_classes, samples=config.eval.feature_samples,
                                                           seed=config.seed)
   return result
+
+
+def classification_eval_step(variables: dict, batch: dict[str, jax.Array], *, model: nn.Module,
+                             config: ml_collections.ConfigDict, num_classes: int,
+                             ignore_index: int) -> dict[str, jax.Array]:
+  """What one global batch of a classification dataset {'image': uint8 (B, H, W, 3), 'label': int32 (B,), ...}
+  adds to the evaluation: {'confusion': the (K, K) int32 confusion matrix of the images' classes (rows) and the
+  argmax of their logits (columns)}; padding images (label ignore_index) are not counted."""
+  predictions = jnp.argmax(inference.classify(variables, batch['image'], model=model, config=config), axis=-1)
+  return {'confusion': metrics.confusion_matrix(predictions, batch['label'], num_classes, ignore_index)}

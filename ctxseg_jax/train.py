@@ -105,7 +105,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
   train_source = datasets.build_source(config.data, config.data.train_split)
   data_iter = pipeline.train_iterator(train_source, config.data, per_process_batch, config.seed)
   evaluator = Evaluator(exp)
-  checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, damaged=config.train.damaged_checkpoints)
+  checkpointer = Checkpointer(workdir, keep=config.train.keep_checkpoints, best_metric=evaluator.headline,
+                              damaged=config.train.damaged_checkpoints)
 
   data_stream = {'train_samples': len(train_source), 'process_count': jax.process_count()}
   if checkpointer.latest_step() is not None:
@@ -125,7 +126,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
                     f'device(s) on {jax.process_count()} process(es), global batch {config.train.batch_size}, '
                     f'{total_steps} steps')
 
-  schedule = optim.poly_schedule(config.optim, total_steps)
+  schedule = optim.lr_schedule(config.optim, total_steps)
   eval_every, checkpoint_every = config.train.eval_every, config.train.checkpoint_every
 
   def last_good() -> str:
@@ -179,7 +180,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str | epath.Path, devices
       if do_eval:
         with preemption.stops_a_failure(step == last_saved):
           results = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats})
-        checkpointer.record_metrics(step, {'miou': results['miou']})  # ranks the checkpoint for retention
+        # Ranks the checkpoint for retention: mIoU, or a classifier's top-1 accuracy.
+        checkpointer.record_metrics(step, {evaluator.headline: results[evaluator.headline]})
         evaluator.report(step, results, writer)
         progress.restart_clock()
   except _StoppedBySignal:
@@ -253,7 +255,7 @@ def _check_resumable(checkpointer: Checkpointer, saved: dict, config: ml_collect
   if saved_mults != [list(entry) for entry in config.optim.lr_mults]:
     raise ConfigError(f'{where} was written with config.optim.lr_mults={saved_mults}; the optimizer state is grouped '
                       f'by them: resume with --config.optim.lr_mults="{tuple(map(tuple, saved_mults))}"')
-  keys = _RESUME_KEYS + (_SYNTHETIC_RESUME_KEYS if config.data.name == 'synthetic_context' else ())
+  keys = _RESUME_KEYS + (_SYNTHETIC_RESUME_KEYS if config.data.name in datasets.SYNTHETIC else ())
   changed, fixes = [], []
   for key in keys:
     saved_value, missing = saved, False

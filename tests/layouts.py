@@ -166,3 +166,25 @@ def camvid(root: pathlib.Path, *, seed: int = 0, size=(12, 16)) -> dict:
       _write(image_path, label_path, _image(rng, *size), raw)
       written[split].append((image_path, label_path, raw))
   return written
+
+
+def cifar10_batches(root: pathlib.Path, *, seed: int = 0, records: int = 3) -> dict:
+  """cifar-10-batches-bin/ under `root`: data_batch_1..5.bin and test_batch.bin of `records` records each, written
+  byte by byte as the format describes (a label byte, then the red, green and blue 32x32 planes), and
+  batches.meta.txt. Returns {'train': [(image uint8 (32, 32, 3), label)], 'test': [...]}, in file order."""
+  rng, written = np.random.default_rng(seed), {'train': [], 'test': []}
+  folder = root / 'cifar-10-batches-bin'
+  folder.mkdir(parents=True, exist_ok=True)
+  names = [('train', f'data_batch_{i}.bin') for i in range(1, 6)] + [('test', 'test_batch.bin')]
+  for split, name in names:
+    data = bytearray()
+    for _ in range(records):
+      image, label = _image(rng, 32, 32), int(rng.integers(10))
+      data.append(label)
+      for channel in range(3):
+        data += image[:, :, channel].tobytes()
+      written[split].append((image, label))
+    (folder / name).write_bytes(bytes(data))
+  (folder / 'batches.meta.txt').write_text('\n'.join(('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
+                                                      'horse', 'ship', 'truck')) + '\n\n')
+  return written

@@ -8,21 +8,28 @@ from ctxseg_jax import optim
 
 
 def _config(**overrides):
-  values = dict(lr=0.01, momentum=0.9, weight_decay=5e-4, poly_power=0.9, end_lr=0.0, warmup_steps=0,
+  values = dict(schedule='poly', lr=0.01, momentum=0.9, weight_decay=5e-4, poly_power=0.9, end_lr=0.0, warmup_steps=0,
                 warmup_ratio=0.1, lr_mults=(('^(?!backbone/)', 10.0),))
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 
 
 def test_poly_schedule_matches_formula():
-  schedule = optim.poly_schedule(_config(end_lr=1e-4), 100)
+  schedule = optim.lr_schedule(_config(end_lr=1e-4), 100)
   for t in (0, 1, 50, 99, 100):
     expected = (0.01 - 1e-4) * (1 - t / 100) ** 0.9 + 1e-4
     np.testing.assert_allclose(float(schedule(t)), expected, rtol=1e-6)
 
 
+def test_cosine_schedule_matches_pytorch_encoding():
+  """PyTorch-Encoding's LR_Scheduler('cos'): 0.5 * lr * (1 + cos(pi * T / N)), T the iteration."""
+  schedule = optim.lr_schedule(_config(schedule='cosine', lr=0.1), 390)
+  for t in (0, 1, 195, 389, 390):
+    np.testing.assert_allclose(float(schedule(t)), 0.5 * 0.1 * (1 + np.cos(np.pi * t / 390)), rtol=1e-5, atol=1e-9)
+
+
 def test_warmup_rises_linearly_then_joins_poly():
-  schedule = optim.poly_schedule(_config(warmup_steps=10, warmup_ratio=0.1), 100)
+  schedule = optim.lr_schedule(_config(warmup_steps=10, warmup_ratio=0.1), 100)
   poly = lambda t: 0.01 * (1 - t / 100) ** 0.9
   np.testing.assert_allclose(float(schedule(0)), 0.1 * poly(0), rtol=1e-6)
   np.testing.assert_allclose(float(schedule(5)), (0.1 + 0.9 * 0.5) * poly(5), rtol=1e-6)
@@ -35,7 +42,7 @@ def test_sgd_matches_pytorch_semantics_with_head_multiplier():
   config = _config()
   tx = optim.make_optimizer(config, total_steps=10)
   state = tx.init(params)
-  schedule = optim.poly_schedule(config, 10)
+  schedule = optim.lr_schedule(config, 10)
   rng = np.random.default_rng(0)
   ref = {k: np.asarray(v['w'], np.float64) for k, v in params.items()}
   buf = {k: np.zeros_like(v) for k, v in ref.items()}

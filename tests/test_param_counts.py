@@ -232,6 +232,33 @@ def mmseg_fcn_hrnet(width: int, num_classes: int, depth: str = 'full') -> int:
   return hrnet_v2(width, depth) + conv_module(concat, concat, 1) + conv(concat, num_classes, 1, bias=True)
 
 
+# ---------------------------------------------------------------------------------------- EncNet on CIFAR-10
+
+def enc_layer(channels: int, num_codes: int, reduction: int = 4) -> int:
+  """PyTorch-Encoding's EncLayer / EncDropLayer (experiments/recognition/model/mynn.py): Conv2d(C, C/r, 1) with
+  bias, BatchNorm2d(C/r), ReLU, Encoding(D=C/r, K) (codewords K x D and scale K; EncodingDrop declares the same),
+  View(-1, K * D), Normalize, Linear(K * D, C), Sigmoid."""
+  d = channels // reduction
+  return conv(channels, d, 1, bias=True) + bn(d) + num_codes * d + num_codes + linear(num_codes * d, channels)
+
+
+def cifar_encnet(num_classes: int, *, widen: int, num_codes: int, blocks: int = 2) -> int:
+  """PyTorch-Encoding's CIFAR network (experiments/recognition/model/encnet.py, `Net`): Conv2d(3, 16w, 3) with bias,
+  BatchNorm2d, ReLU; three stages of `blocks` EncBasicBlocks, 16w, 32w and 64w wide (conv3x3 without bias + BN,
+  conv3x3 + BN, EncLayer; the first block of stages 2 and 3 strides, and a 1x1 Conv2d with bias projects its
+  shortcut); BatchNorm2d, ReLU, AvgPool2d(8), Linear(64w, classes). num_codes 0: the blocks without EncLayer."""
+  inplanes = 16 * widen
+  total = conv(3, inplanes, 3, bias=True) + bn(inplanes)
+  for stage in range(3):
+    planes = 16 * widen * 2**stage
+    for block in range(blocks):
+      total += conv_module(inplanes, planes, 3) + conv_module(planes, planes, 3)
+      total += enc_layer(planes, num_codes) if num_codes else 0
+      total += conv(inplanes, planes, 1, bias=True) if (stage > 0 and block == 0) or inplanes != planes else 0
+      inplanes = planes
+  return total + bn(inplanes) + linear(inplanes, num_classes)
+
+
 # (reference architecture, its count from the layer lists above, the count written out)
 REFERENCES = {
     'configs/encnet_pcontext.py': ('PyTorch-Encoding EncNet ResNet-101s, lateral, 59 classes',
@@ -274,6 +301,12 @@ REFERENCES = {
                                deeplabv3(101, 19) + projection_heads(stage_channels(101), 256), 93_671_302),
     'configs/hrnet_w48_cityscapes.py': ('mmseg FCN HRNetV2p-W48, 19 classes', mmseg_fcn_hrnet(48, 19), 65_858_659),
     'configs/hrnet_w48_ade20k.py': ('mmseg FCN HRNetV2p-W48, 150 classes', mmseg_fcn_hrnet(48, 150), 65_953_110),
+    'configs/encnet_cifar10.py': ('PyTorch-Encoding encnetdrop, --widen 8 --ncodes 32, 10 classes',
+                                  cifar_encnet(10, widen=8, num_codes=32), 16_788_234),
+    'configs/demo_classification.py': ('PyTorch-Encoding encnetdrop, --widen 1 --ncodes 8, 4 classes',
+                                       cifar_encnet(4, widen=1, num_codes=8), 199_996),
+    'configs/demo_classification_baseline.py': ('the same network without EncLayer, widen 1, 4 classes',
+                                                cifar_encnet(4, widen=1, num_codes=0), 174_916),
 }
 
 

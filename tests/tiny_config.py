@@ -2,7 +2,7 @@
 
 Usable as a config file: python -m ctxseg_jax.main --config tests/tiny_config.py
 """
-from ctxseg_jax import models
+from ctxseg_jax import models, protocols
 from ctxseg_jax.config import base_config
 from ctxseg_jax.losses import TERMS, set_term
 from ctxseg_jax.models.backbones import BACKBONES
@@ -67,27 +67,46 @@ def resnet50_encnet_model(layout: str, stem: str | None = None):
   return model
 
 
-def get_config(variant: str = ''):
-  """The tiny config; variant 'encnet_pte' or 'encnet_mmseg' (as a config file: tests/tiny_config.py:encnet_pte)
-  swaps in resnet50_encnet_model(layout) with the SE-loss."""
-  config = base_config()
-  config.name = 'tiny'
-  config.data.synthetic.image_size = 32
+def tiny_budget(config):
+  """A test's data and schedule sizes: 64 train and 12 val generated images in the main process, 6 steps of batch
+  8, logged every 2, saved every 3, evaluated at the end (batch 8)."""
   config.data.synthetic.num_train = 64
   config.data.synthetic.num_val = 12
-  config.data.base_size = 32
-  config.data.ratio_range = (0.75, 1.25)
-  config.data.crop_size = (32, 32)
-  config.data.eval_size = (32, 32)
   config.data.worker_count = 0
-  config.model = tiny_model_config()
-  config.optim.lr = 0.01
   config.train.steps = 6
   config.train.batch_size = 8
   config.train.log_every = 2
   config.train.eval_every = 0
   config.train.checkpoint_every = 3
   config.eval.batch_size = 8
+  return config
+
+
+def tiny_classification_config(num_codes: int = 4):
+  """The classification demo (protocols.synthetic_classification_demo) at test size: EncNet's CIFAR network at
+  width 4 with one block a stage (half the compilation) and `num_codes` codewords per block (0: none), on 32 px
+  synthetic scenes, with tiny_budget."""
+  config = base_config()
+  config.name = 'tiny_classification'
+  protocols.synthetic_classification_demo(config, num_codes=num_codes)
+  config.model.backbone.base_width = 4
+  config.model.backbone.blocks = 1
+  return tiny_budget(config)
+
+
+def get_config(variant: str = ''):
+  """The tiny config; variant 'encnet_pte' or 'encnet_mmseg' (as a config file: tests/tiny_config.py:encnet_pte)
+  swaps in resnet50_encnet_model(layout) with the SE-loss."""
+  config = base_config()
+  config.name = 'tiny'
+  config.data.synthetic.image_size = 32
+  config.data.base_size = 32
+  config.data.ratio_range = (0.75, 1.25)
+  config.data.crop_size = (32, 32)
+  config.data.eval_size = (32, 32)
+  config.model = tiny_model_config()
+  config.optim.lr = 0.01
+  tiny_budget(config)
   if variant:
     use_encnet(config)
     config.model = resnet50_encnet_model(variant.removeprefix('encnet_'))

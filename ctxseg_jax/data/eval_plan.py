@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from ctxseg_jax.data import transforms
-from ctxseg_jax.data.datasets.base import SegmentationSource
+from ctxseg_jax.data.datasets.base import SegmentationSource, source_task
 
 Shape = tuple[int, int]
 
@@ -99,8 +99,10 @@ def sample_size(source: SegmentationSource, index: int) -> Shape:
 def plan(source: SegmentationSource, data_config: ml_collections.ConfigDict, global_batch: int,
          eval_config: ml_collections.ConfigDict | None = None) -> EvalPlan:
   """The plan of config.eval: bucketed for single-scale whole-image evaluation with eval.shape_bucket > 0,
-  sequential otherwise. Every process computes the same plan (from every image's size)."""
-  bucket = 0 if eval_config is None or transforms.resizes_on_device(eval_config) else eval_config.shape_bucket
+  sequential otherwise and for classification datasets (whole images at data.eval_size). Every process computes the
+  same plan (from every image's size)."""
+  bucket = (0 if eval_config is None or transforms.resizes_on_device(eval_config)
+            or source_task(source) == 'classification' else eval_config.shape_bucket)
   if not bucket:
     return sequential_plan(len(source), global_batch)
   originals = np.asarray([sample_size(source, i) for i in range(len(source))], np.int64).reshape(-1, 2)

@@ -109,6 +109,9 @@ def run_dataset_cli(argv: list[str], config, out: str | None, splits: list[str] 
   splits = splits or list(dict.fromkeys([config.data.train_split, config.data.eval_split]))
   try:
     config_lib.validate(config, known_datasets=datasets.DATASETS)
+    if config.data.name in datasets.DATASETS and datasets.dataset_info(config.data).task != 'segmentation':
+      raise datasets.DataError(f'data.name={config.data.name!r} is a classification dataset; these layouts hold '
+                               'label maps, so it trains from its own source')
     write(config, out, splits)
   except (config_lib.ConfigError, datasets.DataError) as e:
     sys.exit(f'error: {e}')

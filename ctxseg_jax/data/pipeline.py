@@ -26,7 +26,7 @@ import numpy as np
 from absl import flags
 
 from ctxseg_jax.data import eval_plan, transforms
-from ctxseg_jax.data.datasets.base import SegmentationSource
+from ctxseg_jax.data.datasets.base import SegmentationSource, source_task
 
 
 class PlannedEvalSource:
@@ -142,10 +142,32 @@ def _kill_workers_at_exit() -> None:
   _exit_hook_registered = True
 
 
+def train_augment(data_config: ml_collections.ConfigDict, task: str) -> grain.transforms.RandomMap:
+  """The training augmentation of config.data for a dataset of `task` (DatasetInfo.task)."""
+  if task == 'classification':
+    return transforms.ClassificationAugment(crop_size=tuple(data_config.crop_size), padding=data_config.crop_padding,
+                                            flip=data_config.flip, image_pad_value=data_config.image_pad_value)
+  return transforms.TrainAugment(
+      base_size=data_config.base_size, ratio_range=tuple(data_config.ratio_range),
+      ratio_step=data_config.ratio_step, crop_size=tuple(data_config.crop_size), flip=data_config.flip,
+      image_pad_value=data_config.image_pad_value, base_short_side=data_config.base_short_side,
+      cat_max_ratio=data_config.cat_max_ratio, photometric_distortion=data_config.photometric_distortion,
+      resize_antialias=data_config.resize_antialias)
+
+
+def eval_preprocess(data_config: ml_collections.ConfigDict, eval_config: ml_collections.ConfigDict | None,
+                    task: str) -> transforms.EvalPreprocess | transforms.ClassificationEvalPreprocess:
+  """The eval transform of config.data (and config.eval) for a dataset of `task` (DatasetInfo.task)."""
+  if task == 'classification':
+    return transforms.ClassificationEvalPreprocess(tuple(data_config.eval_size), data_config.image_pad_value)
+  return transforms.EvalPreprocess.from_config(data_config, eval_config)
+
+
 def train_iterator(source: SegmentationSource, data_config: ml_collections.ConfigDict, per_process_batch: int,
                    seed: int, *, process_index: int | None = None, process_count: int | None = None,
                    worker_count: int | None = None) -> grain.DatasetIterator:
-  """An endless iterator of {'image': uint8 (b, h, w, 3), 'label': uint8 (b, h, w)} batches for this process.
+  """An endless iterator of {'image': uint8 (b, h, w, 3), 'label': uint8 (b, h, w)} batches for this process
+  ('label' int32 (b,) for a classification dataset).
 
   It supports get_state/set_state; orbax saves it with grain's checkpoint handler. process_index/process_count
   default to this JAX process; tests pass them to simulate several hosts.
@@ -155,7 +177,7 @@ def train_iterator(source: SegmentationSource, data_config: ml_collections.Confi
     raise ValueError(f'the {source.split!r} split has {len(source)} samples, fewer than one batch '
                      f'({per_process_batch * count}); lower config.train.batch_size')
   stream = (grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-            .random_map(transforms.TrainAugment.from_config(data_config)))
+            .random_map(train_augment(data_config, source_task(source))))
   dataset = _process_batches(stream, per_process_batch * count, process_index, count).to_iter_dataset(
       _read_options(data_config))
   workers = data_config.worker_count if worker_count is None else worker_count
@@ -175,12 +197,14 @@ def eval_batches(source: SegmentationSource, data_config: ml_collections.ConfigD
   no 'label' for an unlabelled source). With `eval_config` (config.eval) of a protocol that resizes on device, the
   images are the originals and 'scale_sizes' (b, S, 2) is added. With eval.shape_bucket (single-scale whole-image
   evaluation), images come in the order of eval_plan.bucketed_plan, and each batch's images and labels are padded
-  to its own canvases instead of eval_size and the label size.
+  to its own canvases instead of eval_size and the label size. A classification dataset's batches are
+  {'image': uint8 (b, *eval_size, 3), 'label': int32 (b,), 'index': int32 (b,)} (transforms.
+  ClassificationEvalPreprocess), in the split's order.
   """
   count = jax.process_count() if process_count is None else process_count
   plan = plan or eval_plan.plan(source, data_config, global_batch, eval_config)
   padded = grain.MapDataset.source(PlannedEvalSource(source, plan))
-  samples = padded.map(transforms.EvalPreprocess.from_config(data_config, eval_config))
+  samples = padded.map(eval_preprocess(data_config, eval_config, source_task(source)))
   dataset = _process_batches(samples, global_batch, process_index, count).to_iter_dataset(_read_options(data_config))
   workers = data_config.worker_count if worker_count is None else worker_count
   return _closing(_with_workers(dataset, workers, data_config.worker_buffer_size)), plan.num_batches

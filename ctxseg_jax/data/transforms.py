@@ -1,6 +1,7 @@
-"""Host-side (numpy) sample transforms: the references' training augmentation and static-shape eval padding.
+"""Host-side (numpy) sample transforms: the references' training augmentation and static-shape eval padding, for
+segmentation and (`ClassificationAugment`, `ClassificationEvalPreprocess`) image classification.
 
-Images stay uint8 until the device normalises them (4x less host work and transfer than float32); labels stay
+Images stay uint8 until the device normalises them (4x less host work and transfer than float32); label maps stay
 uint8 with the ignore value 255 in padded areas.
 """
 from __future__ import annotations
@@ -379,3 +380,60 @@ class EvalPreprocess(grain.transforms.Map):
 def eval_label_size(data_config) -> tuple[int, int]:
   """The padded size of eval labels: config.data.eval_label_size, or eval_size when that is (0, 0)."""
   return tuple(data_config.eval_label_size) if any(data_config.eval_label_size) else tuple(data_config.eval_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationAugment(grain.transforms.RandomMap):
+  """The CIFAR training augmentation (torchvision RandomCrop(size, padding) then RandomHorizontalFlip, as
+  PyTorch-Encoding's CIFAR-10 loader): `padding` pixels of image_pad_value on every side, a random crop_size window
+  of that (an image still smaller than the crop is padded bottom/right to it), a horizontal flip with p = 0.5.
+  Output: {'image': uint8 (crop_h, crop_w, 3), 'label': the sample's class id}.
+  """
+  crop_size: tuple[int, int]
+  padding: int
+  flip: bool
+  image_pad_value: int | tuple[int, int, int]
+
+  def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
+    image, p = sample['image'], self.padding
+    if p:
+      height, width = image.shape[:2]
+      padded = np.empty((height + 2 * p, width + 2 * p, 3), np.uint8)
+      padded[...] = np.asarray(self.image_pad_value, np.uint8)
+      padded[p:p + height, p:p + width] = image
+      image = padded
+    image = pad_image(image, self.crop_size, self.image_pad_value)
+    top = int(rng.integers(0, image.shape[0] - self.crop_size[0] + 1))
+    left = int(rng.integers(0, image.shape[1] - self.crop_size[1] + 1))
+    image = image[top:top + self.crop_size[0], left:left + self.crop_size[1]]
+    if self.flip and rng.random() < 0.5:
+      image = image[:, ::-1]
+    return {'image': np.ascontiguousarray(image), 'label': sample['label']}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationEvalPreprocess(grain.transforms.Map):
+  """Evaluation of a classifier: the image as it is, padded bottom/right with image_pad_value to the static
+  eval_size. Output: {'image': uint8 (*eval_size, 3), 'label': its class id (when the sample has one), 'index':
+  int32 (when it has one)}."""
+  eval_size: tuple[int, int]
+  image_pad_value: int | tuple[int, int, int]
+
+  def shape_problems(self, name: str, height: int, width: int) -> list[str]:
+    """Why an image of (height, width) does not fit eval_size, if it does not."""
+    if height <= self.eval_size[0] and width <= self.eval_size[1]:
+      return []
+    return [f'{name}: image is {height}x{width} (HxW), larger than config.data.eval_size={tuple(self.eval_size)}; '
+            'set --config.data.eval_size to at least the largest image size of the eval split']
+
+  def map(self, sample: dict) -> dict:
+    image = sample['image']
+    problems = self.shape_problems(sample.get('name', 'sample'), *image.shape[:2])
+    if problems:
+      raise DataError(problems[0])
+    out = {'image': pad_image(image, self.eval_size, self.image_pad_value)}
+    if 'label' in sample:
+      out['label'] = np.int32(sample['label'])
+    if 'index' in sample:
+      out['index'] = np.int32(sample['index'])
+    return out

@@ -37,8 +37,8 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int,
   """Mean softmax cross-entropy over pixels, computed in float32.
 
   Args:
-    logits: (B, H, W, K) class scores at label resolution.
-    labels: int (B, H, W); ignore_index (and any value outside 0..K-1) marks pixels that carry no loss.
+    logits: (B, H, W, K) class scores at label resolution (or (B, K) image scores: each image counts as a pixel).
+    labels: int (B, H, W) (or (B,)); ignore_index (and any value outside 0..K-1) marks pixels that carry no loss.
     reduction: 'valid' divides the summed loss by the number of valid pixels (PyTorch-Encoding, HRNet, Paddle;
       0 when no pixel is valid); 'all' divides by every pixel, ignored ones included (mmseg's default
       avg_non_ignore=False).
@@ -111,13 +111,15 @@ SETTINGS = {
 
 def build(config, *, ignore_index: int):
   """The term of a cross_entropy config: CE of `config.output` resized bilinearly (config.align_corners) to the
-  label size."""
+  label size; image-level logits (B, K) against class ids (B,) (a classification dataset) as they are, the
+  softmax cross-entropy PyTorch's CrossEntropyLoss computes."""
   class_weight = tuple(config.class_weight) or None
 
   def term(outputs, batch, step, key):
     del step, key
-    labels = batch['label']
-    logits = resize_bilinear(outputs[config.output], labels.shape[1:3], align_corners=config.align_corners)
+    labels, logits = batch['label'], outputs[config.output]
+    if logits.ndim > 2:
+      logits = resize_bilinear(logits, labels.shape[1:3], align_corners=config.align_corners)
     if config.reduction != 'ohem':
       return pixel_cross_entropy(logits, labels, ignore_index, config.reduction, class_weight), {}
     ohem = functools.partial(ohem_cross_entropy, ignore_index=ignore_index, thresh=config.ohem_thresh,

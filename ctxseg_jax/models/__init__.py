@@ -1,10 +1,11 @@
-"""Segmentation models assembled from config.model: a backbone and an ordered set of named heads.
+"""Models assembled from config.model: a backbone and an ordered set of named heads.
 
 config.model holds `dtype`, `remat`, `backbone` (a BACKBONES config, chosen by its `name`) and `heads` (name -> a HEADS
 config, chosen by its `type`). Heads run in `running_order`: inference heads before training-only ones, each after
 the heads whose outputs it reads, otherwise by name. Every built model maps (B, H, W, 3) normalised images to a
 dict of named outputs (see `Segmentor`): 'logits' always; training-only heads' outputs and 'stage_features' only
-when called with train=True.
+when called with train=True. Heads score pixels (segmentation) or whole images (classification: the 'classifier'
+head), as their registry entry's `level` says; `task_problems` checks that a model's heads suit its dataset.
 """
 from __future__ import annotations
 
@@ -153,6 +154,22 @@ def problems(model: ml_collections.ConfigDict, prefix: str = 'model') -> list[st
   if not errors and 'logits' not in at_inference:
     errors.append(f'config.{prefix}.heads: no enabled inference head publishes "logits" (heads: {names})')
   return errors
+
+
+# The HeadType.level that each dataset task (DatasetInfo.task) needs of every head.
+HEAD_LEVELS = {'segmentation': 'pixel', 'classification': 'image'}
+
+
+def task_problems(model: ml_collections.ConfigDict, task: str, dataset: str, prefix: str = 'model') -> list[str]:
+  """The enabled heads that do not suit a dataset of `task` (named `dataset`): segmentation needs heads that score
+  pixels, classification heads that score images (type 'classifier')."""
+  level = HEAD_LEVELS[task]
+  suited = sorted(name for name, head_type in HEADS.components.items() if head_type.level == level)
+  return [f'config.{prefix}.heads.{name} is a {model.heads[name].type!r} head, which scores '
+          f'{"images" if level == "pixel" else "pixels"}; data.name={dataset!r} is a {task} dataset, whose heads '
+          f'are of type {suited} (or leave it out: --config.{prefix}.heads.{name}.enabled=False)'
+          for name in enabled_heads(model.heads)
+          if model.heads[name].type in HEADS and HEADS[model.heads[name].type].level != level]
 
 
 def build_model(model: ml_collections.ConfigDict, num_classes: int) -> Segmentor:

@@ -10,6 +10,8 @@ import ml_collections
 
 from ctxseg_jax.data.datasets import ade20k
 from ctxseg_jax.data.datasets import camvid
+from ctxseg_jax.data.datasets import cifar10
+from ctxseg_jax.data.datasets import cifar10_tfds
 from ctxseg_jax.data.datasets import cityscapes
 from ctxseg_jax.data.datasets import cityscapes_tfds
 from ctxseg_jax.data.datasets import coco_stuff
@@ -17,9 +19,12 @@ from ctxseg_jax.data.datasets import files
 from ctxseg_jax.data.datasets import folder
 from ctxseg_jax.data.datasets import packed
 from ctxseg_jax.data.datasets import pascal_context
+from ctxseg_jax.data.datasets import synthetic_classification
 from ctxseg_jax.data.datasets import synthetic_context
 from ctxseg_jax.data.datasets.base import DataError, DatasetInfo, SegmentationSource, check_sample
 from ctxseg_jax.data.datasets.folder import FolderSource, folder_info
+from ctxseg_jax.data.datasets.synthetic_classification import (SYNTHETIC_CLASSIFICATION_INFO,
+                                                               SyntheticClassificationSource)
 from ctxseg_jax.data.datasets.synthetic_context import SYNTHETIC_CONTEXT_INFO, SyntheticContextSource
 
 
@@ -30,13 +35,20 @@ class DatasetEntry:
   build: Callable[[ml_collections.ConfigDict, str], SegmentationSource]
 
 
-def _synthetic_source(data_config: ml_collections.ConfigDict, split: str) -> SyntheticContextSource:
-  cfg = data_config.synthetic
-  sizes = {'train': cfg.num_train, 'val': cfg.num_val}
-  if split not in sizes:
-    raise DataError(f'synthetic_context has no split {split!r}; its splits are {sorted(sizes)} (check '
-                    '--config.data.train_split and --config.data.eval_split)')
-  return SyntheticContextSource(split, sizes[split], image_size=cfg.image_size, seed=cfg.seed)
+def _synthetic_source(source_class: type[SyntheticContextSource]
+                      ) -> Callable[[ml_collections.ConfigDict, str], SyntheticContextSource]:
+  """The build function of a generated dataset (config.data.synthetic: sizes of its 'train' and 'val' splits, image
+  size, seed)."""
+
+  def build(data_config: ml_collections.ConfigDict, split: str) -> SyntheticContextSource:
+    cfg = data_config.synthetic
+    sizes = {'train': cfg.num_train, 'val': cfg.num_val}
+    if split not in sizes:
+      raise DataError(f'{source_class.info.name} has no split {split!r}; its splits are {sorted(sizes)} (check '
+                      '--config.data.train_split and --config.data.eval_split)')
+    return source_class(split, sizes[split], image_size=cfg.image_size, seed=cfg.seed)
+
+  return build
 
 
 def _folder_root(data_config: ml_collections.ConfigDict) -> str:
@@ -48,7 +60,10 @@ def _folder_root(data_config: ml_collections.ConfigDict) -> str:
 
 
 DATASETS: dict[str, DatasetEntry] = {
-    'synthetic_context': DatasetEntry(info=lambda data_config: SYNTHETIC_CONTEXT_INFO, build=_synthetic_source),
+    'synthetic_context': DatasetEntry(info=lambda data_config: SYNTHETIC_CONTEXT_INFO,
+                                      build=_synthetic_source(SyntheticContextSource)),
+    'synthetic_classification': DatasetEntry(info=lambda data_config: SYNTHETIC_CLASSIFICATION_INFO,
+                                             build=_synthetic_source(SyntheticClassificationSource)),
     'folder': DatasetEntry(info=lambda data_config: folder_info(_folder_root(data_config)),
                            build=lambda data_config, split: FolderSource(_folder_root(data_config), split)),
     'packed': DatasetEntry(info=lambda data_config: packed.packed_info(data_config.root),
@@ -66,7 +81,11 @@ DATASETS: dict[str, DatasetEntry] = {
     'coco_stuff10k': DatasetEntry(info=lambda data_config: coco_stuff.COCO_STUFF_10K_INFO,
                                   build=coco_stuff.build_source_10k),
     'camvid': DatasetEntry(info=lambda data_config: camvid.CAMVID_INFO, build=camvid.build_source),
+    'cifar10': DatasetEntry(info=lambda data_config: cifar10.CIFAR10_INFO, build=cifar10.build_source),
+    'cifar10_tfds': DatasetEntry(info=lambda data_config: cifar10.CIFAR10_INFO, build=cifar10_tfds.Cifar10TfdsSource),
 }
+# The generated datasets: config.data.synthetic describes them.
+SYNTHETIC = ('synthetic_context', 'synthetic_classification')
 
 
 def _entry(data_config: ml_collections.ConfigDict) -> DatasetEntry:
@@ -100,8 +119,9 @@ def build_source(data_config: ml_collections.ConfigDict, split: str, *, strict: 
 
 
 __all__ = [
-    'DATASETS', 'DataError', 'DatasetEntry', 'DatasetInfo', 'FolderSource', 'SYNTHETIC_CONTEXT_INFO',
-    'SegmentationSource', 'SyntheticContextSource', 'ade20k', 'build_source', 'camvid', 'check_sample',
+    'DATASETS', 'DataError', 'DatasetEntry', 'DatasetInfo', 'FolderSource', 'SYNTHETIC',
+    'SYNTHETIC_CLASSIFICATION_INFO', 'SYNTHETIC_CONTEXT_INFO', 'SegmentationSource', 'SyntheticClassificationSource',
+    'SyntheticContextSource', 'ade20k', 'build_source', 'camvid', 'check_sample', 'cifar10', 'cifar10_tfds',
     'cityscapes', 'cityscapes_tfds', 'coco_stuff', 'dataset_info', 'files', 'folder', 'folder_info', 'packed',
-    'pascal_context', 'synthetic_context',
+    'pascal_context', 'synthetic_classification', 'synthetic_context',
 ]

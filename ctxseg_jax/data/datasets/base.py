@@ -2,10 +2,12 @@
 
 A source is a grain `RandomAccessDataSource` (`__len__`, `__getitem__`) whose samples are dicts
 
-    {'image': uint8 (H, W, 3) RGB, 'label': uint8 (H, W) class ids or ignore_index, 'name': str}
+    segmentation:   {'image': uint8 (H, W, 3) RGB, 'label': uint8 (H, W) class ids or ignore_index, 'name': str}
+    classification: {'image': uint8 (H, W, 3) RGB, 'label': int32 () the image's class id, 'name': str}
 
-with labels already mapped to training ids (0..num_classes-1, ignore_index elsewhere). Sources must be picklable
-(grain sends them to worker processes) and cheap to construct: no decoding at construction time.
+with labels already mapped to training ids (0..num_classes-1, ignore_index elsewhere). Which of the two a dataset
+holds is its `DatasetInfo.task`. Sources must be picklable (grain sends them to worker processes) and cheap to
+construct: no decoding at construction time.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import numpy as np
 
 # The label value for "not scored": padding and every dataset's ignored pixels (readers map their own to it).
 IGNORE_INDEX = 255
+# What a dataset's labels are: a class id per pixel, or one per image.
+TASKS = ('segmentation', 'classification')
 
 
 class DataError(ValueError):
@@ -30,6 +34,7 @@ class DatasetInfo:
   class_names: tuple[str, ...]
   palette: tuple[tuple[int, int, int], ...]  # one RGB colour per class, for visualisation
   ignore_index: int = IGNORE_INDEX
+  task: str = 'segmentation'  # one of TASKS
 
   @property
   def num_classes(self) -> int:
@@ -40,6 +45,8 @@ class DatasetInfo:
       raise ValueError(f'{self.name}: {len(self.class_names)} class names but {len(self.palette)} palette colours')
     if 0 <= self.ignore_index < len(self.class_names):
       raise ValueError(f'{self.name}: ignore_index {self.ignore_index} collides with a class id')
+    if self.task not in TASKS:
+      raise ValueError(f'{self.name}: task {self.task!r} is not one of {TASKS}')
 
 
 class SegmentationSource(Protocol):
@@ -59,15 +66,30 @@ class SegmentationSource(Protocol):
     ...
 
 
+def source_task(source) -> str:
+  """The task of a source's dataset (DatasetInfo.task): 'segmentation' for a source without dataset metadata (a
+  folder of images to predict, a subset of a split)."""
+  info = getattr(source, 'info', None)
+  return info.task if info is not None else 'segmentation'
+
+
 def check_sample(sample: dict, info: DatasetInfo, where: str, label_where: str | None = None) -> list[str]:
   """Returns the problems of one decoded sample (empty when it is valid), each naming `where`, or for problems
-  of the label values alone `label_where` (the label file) when given."""
+  of the label values alone `label_where` (the label file) when given. The label is a map or, for a
+  classification dataset (`info.task`), one class id."""
   problems = []
   image, label = sample.get('image'), sample.get('label')
   if image is None or label is None:
     return [f'{where}: sample lacks {"image" if image is None else "label"}']
   if image.dtype.name != 'uint8' or image.ndim != 3 or image.shape[2] != 3:
     problems.append(f'{where}: image must be uint8 (H, W, 3), got {image.dtype} {image.shape}')
+  if info.task == 'classification':
+    label = np.asarray(label)
+    if label.ndim != 0 or label.dtype.kind not in 'iu':
+      return problems + [f'{where}: label must be one integer class id, got {label.dtype} {label.shape}']
+    if not 0 <= int(label) < info.num_classes:
+      problems.append(f'{label_where or where}: label {int(label)} is outside the classes 0..{info.num_classes - 1}')
+    return problems
   if label.dtype.name != 'uint8':
     problems.append(f'{where}: label must be uint8, got {label.dtype}')
   if label.ndim != 2:

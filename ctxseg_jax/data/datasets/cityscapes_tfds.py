@@ -16,11 +16,11 @@ from typing import Any
 
 from etils import epath
 import ml_collections
-import numpy as np
 
 from ctxseg_jax.data.datasets import base
 from ctxseg_jax.data.datasets import cityscapes
 from ctxseg_jax.data.datasets import files
+from ctxseg_jax.data.datasets import tfds_records
 
 TFDS_NAME = 'cityscapes/semantic_segmentation'
 ZIPS = ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip')
@@ -28,17 +28,6 @@ ZIPS = ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip')
 SPLITS = {'train': 'train', 'val': 'validation', 'validation': 'validation', 'test': 'test'}
 _OFFICIAL_SIZE = {'train': cityscapes.NUM_IMAGES['train'], 'validation': cityscapes.NUM_IMAGES['val'],
                   'test': cityscapes.NUM_IMAGES['test']}
-_INSTALL = "pip install -e '.[tfds]'"
-
-
-def _tfds() -> Any:
-  try:
-    import tensorflow_datasets as tfds
-  except ImportError as e:
-    raise base.DataError(f'data.name=cityscapes_tfds reads the dataset with TFDS, which is not installed: {_INSTALL} '
-                         '(tensorflow-datasets, and tensorflow-cpu to prepare it from the zips)') from e
-  return tfds
-
 
 def _missing_zips_error(root: str, prepared_dir: str) -> base.DataError | None:
   """The error for a manual_dir without the zips TFDS prepares the dataset from, or None when both are there."""
@@ -57,7 +46,8 @@ def _missing_zips_error(root: str, prepared_dir: str) -> base.DataError | None:
 def _data_source(data_config: ml_collections.ConfigDict, tfds_split: str) -> tuple[Any, str]:
   """(the split's records by index, images left encoded; the prepared dataset's folder). Prepares the dataset
   first when it is not yet."""
-  tfds = _tfds()
+  tfds = tfds_records.import_tfds('cityscapes_tfds',
+                                  'tensorflow-datasets, and tensorflow-cpu to prepare it from the zips')
   builder = tfds.builder(TFDS_NAME, data_dir=data_config.tfds_data_dir or None)
   data_dir, prepared_dir = str(builder.data_dir_root), str(builder.data_dir)  # TFDS's default resolved, if ''
   builder_kwargs, prepared = {}, builder.is_prepared()
@@ -67,23 +57,13 @@ def _data_source(data_config: ml_collections.ConfigDict, tfds_split: str) -> tup
       raise error
     # A prepared dataset keeps the format it was written in (asking for another one is an error).
     builder_kwargs['file_format'] = 'array_record'
-  try:
-    records = tfds.data_source(
-        TFDS_NAME, split=tfds_split, data_dir=data_dir,
-        decoders={'image_left': tfds.decode.SkipDecoding(), 'segmentation_label': tfds.decode.SkipDecoding()},
-        builder_kwargs=builder_kwargs,
-        download_and_prepare_kwargs={'download_config': tfds.download.DownloadConfig(
-            manual_dir=data_config.root or None, try_download_gcs=False)})
-  except ModuleNotFoundError as e:
-    task = 'read' if prepared else f'prepare it from the zips in {data_config.root}, which needs TensorFlow'
-    raise base.DataError(f'TFDS lacks the module {e.name!r} to {task}: {TFDS_NAME} in {prepared_dir}. Install '
-                         f'what the TFDS source needs with {_INSTALL}') from e
-  except NotImplementedError as e:
-    raise base.DataError(
-        f'{prepared_dir} holds {TFDS_NAME} in another file format; data.name=cityscapes_tfds reads it by index, '
-        f'which needs ArrayRecord files. Add them once with\n  tfds convert_format --dataset_version_dir='
-        f'{prepared_dir} --out_file_format=array_record\nor point --config.data.tfds_data_dir at an empty folder '
-        'to prepare the dataset again.') from e
+  records = tfds_records.open_records(
+      tfds, 'cityscapes_tfds', TFDS_NAME, tfds_split, data_dir=data_dir, prepared_dir=prepared_dir,
+      task='read' if prepared else f'prepare it from the zips in {data_config.root}, which needs TensorFlow',
+      decoders={'image_left': tfds.decode.SkipDecoding(), 'segmentation_label': tfds.decode.SkipDecoding()},
+      builder_kwargs=builder_kwargs,
+      download_and_prepare_kwargs={'download_config': tfds.download.DownloadConfig(
+          manual_dir=data_config.root or None, try_download_gcs=False)})
   return records, prepared_dir
 
 
@@ -116,7 +96,7 @@ class CityscapesTfdsSource:
     """Returns {'image': uint8 (H, W, 3), 'label': uint8 (H, W) train ids, 'name': the Cityscapes image id
     (e.g. 'aachen_000000_000019')}."""
     record = self._records[int(index)]
-    image_id = _text(record['image_id'])
+    image_id = tfds_records.text(record['image_id'])
     where = f'{self.sample_name(index)} ({image_id})'
     fix = f'the prepared dataset is damaged: delete {self.prepared_dir} to prepare it again from the zips'
     image = files.rgb_array(files.decode_bytes(record['image_left'], f'{where} image_left', fix))
@@ -142,8 +122,3 @@ class CityscapesTfdsSource:
     return (f'CityscapesTfdsSource(split={self.split!r}, prepared_dir={self.prepared_dir!r}, '
             f'num_samples={len(self)})')
 
-
-def _text(value: Any) -> str:
-  """A TFDS Text feature as read by the data source (bytes, or a numpy bytes/str scalar) as str."""
-  value = np.asarray(value).item()
-  return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)

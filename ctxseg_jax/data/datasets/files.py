@@ -173,6 +173,18 @@ def files_with_suffix(folder: epath.Path, suffixes: Iterable[str], *, in_subfold
   return {p.name: str(p) for p in paths if p.name.lower().endswith(suffixes) and not p.name.startswith('.')}
 
 
+def raise_listing_problems(what: str, problems: Sequence[str]) -> None:
+  """Raises one DataError listing the problems found while listing `what` (a split's files), if any: the first
+  few, and a pointer to --mode check_data for the rest."""
+  if not problems:
+    return
+  shown = '\n  '.join(problems[:_MAX_PROBLEMS_SHOWN])
+  more = len(problems) - _MAX_PROBLEMS_SHOWN
+  raise base.DataError(f'{what}: {len(problems)} problem(s) with its files:\n  {shown}'
+                       + (f'\n  ... and {more} more' if more > 0 else '')
+                       + '\nRun --mode check_data to list every problem.')
+
+
 def missing_folder_error(folder: epath.Path, what: str, layout: str, prepare: str) -> base.DataError:
   """The error for a dataset folder that is not there: names it, shows the layout and how to prepare it."""
   return base.DataError(f'{folder} is missing ({what}). Expected the layout\n{layout}\n{prepare}')
@@ -202,13 +214,7 @@ class FilePairSource:
 
   def raise_problems(self) -> None:
     """Raises one DataError listing the listing problems, if any (training must not silently skip files)."""
-    if not self.problems:
-      return
-    shown = '\n  '.join(self.problems[:_MAX_PROBLEMS_SHOWN])
-    more = len(self.problems) - _MAX_PROBLEMS_SHOWN
-    raise base.DataError(f'{self.info.name}/{self.split} in {self.root}: {len(self.problems)} problem(s) with its '
-                         f'files:\n  {shown}' + (f'\n  ... and {more} more' if more > 0 else '')
-                         + '\nRun --mode check_data to list every problem.')
+    raise_listing_problems(f'{self.info.name}/{self.split} in {self.root}', self.problems)
 
   def __len__(self) -> int:
     return len(self.pairs)

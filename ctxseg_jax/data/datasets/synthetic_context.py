@@ -228,6 +228,51 @@ def _paste(image: np.ndarray, label: np.ndarray, sprite: Sprite, top: int, left:
   image[top:top + h, left:left + w][sprite.mask] = sprite.rgb[sprite.mask]
 
 
+def random_streams(key: Sequence[int]) -> tuple[np.random.Generator, ...]:
+  """Independent generators for the scene, the ground, the layout, the band and the finish, from `key`."""
+  return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(list(key)).spawn(5))
+
+
+def draw_scene(scene_rng: np.random.Generator, scene: str | None) -> str:
+  if scene is None:
+    return SCENES[int(scene_rng.integers(2))]
+  if scene not in SCENES:
+    raise ValueError(f'scene {scene!r} is not one of {SCENES}')
+  return scene
+
+
+def render_backdrop(ground_rng: np.random.Generator, layout_rng: np.random.Generator, band_rng: np.random.Generator,
+                    size: int, scene: str, band_fraction: tuple[float, float] = _BAND_FRACTION
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Ground texture with the scene's band (water or road) along the bottom, its height a fraction of the image's
+  drawn from `band_fraction`: float32 (S, S, 3) pixels and their uint8 (S, S) labels."""
+  image = _ground(ground_rng, size)
+  label = np.full((size, size), GROUND, np.uint8)
+  band_h = int(round(size * layout_rng.uniform(*band_fraction)))
+  render_band = _water if scene == 'sea' else _road
+  image[size - band_h:] = render_band(band_rng, band_h, size, _scale(size))
+  label[size - band_h:] = WATER if scene == 'sea' else ROAD
+  return image, label
+
+
+def place_object(image: np.ndarray, label: np.ndarray, class_id: int, layout_rng: np.random.Generator) -> None:
+  """Draws an object of `class_id` at a position drawn uniformly among those where it fits whole."""
+  size = label.shape[0]
+  sprite = render_object(class_id, layout_rng, size)
+  h, w = sprite.mask.shape
+  top, left = layout_rng.integers(0, size - h + 1), layout_rng.integers(0, size - w + 1)
+  _paste(image, label, sprite, int(top), int(left), class_id)
+
+
+def finish_image(finish_rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+  """Photometric jitter and sensor noise over the whole image, so no colour is exactly repeatable; uint8."""
+  gain = finish_rng.uniform(0.9, 1.1, 3).astype(np.float32)
+  offset = finish_rng.uniform(-8, 8)
+  sigma = finish_rng.uniform(2, 6)
+  image = image * gain + offset + sigma * finish_rng.standard_normal(image.shape, dtype=np.float32)
+  return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+
 def render_sample(key: Sequence[int], image_size: int, scene: str | None = None
                   ) -> tuple[np.ndarray, np.ndarray, str]:
   """Generates one sample from the non-negative integers `key`.
@@ -241,50 +286,29 @@ def render_sample(key: Sequence[int], image_size: int, scene: str | None = None
   Returns:
     image uint8 (S, S, 3), label uint8 (S, S) (class ids, 255 on object outlines), and the scene.
   """
-  scene_rng, ground_rng, layout_rng, band_rng, finish_rng = (
-      np.random.default_rng(s) for s in np.random.SeedSequence(list(key)).spawn(5))
-  if scene is None:
-    scene = SCENES[int(scene_rng.integers(2))]
-  elif scene not in SCENES:
-    raise ValueError(f'scene {scene!r} is not one of {SCENES}')
-  size, scale = image_size, _scale(image_size)
-
-  image = _ground(ground_rng, size)
-  label = np.full((size, size), GROUND, np.uint8)
-  band_h = int(round(size * layout_rng.uniform(*_BAND_FRACTION)))
-  render_band = _water if scene == 'sea' else _road
-  image[size - band_h:] = render_band(band_rng, band_h, size, scale)
-  label[size - band_h:] = WATER if scene == 'sea' else ROAD
-
+  scene_rng, ground_rng, layout_rng, band_rng, finish_rng = random_streams(key)
+  scene = draw_scene(scene_rng, scene)
+  image, label = render_backdrop(ground_rng, layout_rng, band_rng, image_size, scene)
   for _ in range(layout_rng.integers(_NUM_OBJECTS[0], _NUM_OBJECTS[1] + 1)):
     kind = KINDS[layout_rng.choice(len(KINDS), p=_KIND_PROBS)]
-    class_id = CLASS_OF[kind, scene]
-    sprite = render_object(class_id, layout_rng, size)
-    h, w = sprite.mask.shape
-    top, left = layout_rng.integers(0, size - h + 1), layout_rng.integers(0, size - w + 1)
-    _paste(image, label, sprite, int(top), int(left), class_id)
-
-  # Photometric jitter and sensor noise over the whole image, so no colour is exactly repeatable.
-  gain = finish_rng.uniform(0.9, 1.1, 3).astype(np.float32)
-  offset = finish_rng.uniform(-8, 8)
-  sigma = finish_rng.uniform(2, 6)
-  image = image * gain + offset + sigma * finish_rng.standard_normal(image.shape, dtype=np.float32)
-  return np.clip(image + 0.5, 0, 255).astype(np.uint8), label, scene
+    place_object(image, label, CLASS_OF[kind, scene], layout_rng)
+  return finish_image(finish_rng, image), label, scene
 
 
 class SyntheticContextSource:
   """`num_samples` samples of one split, each generated on access from (seed, split, index)."""
+  info = SYNTHETIC_CONTEXT_INFO
 
   def __init__(self, split: str, num_samples: int, image_size: int = 96, seed: int = 0):
+    name = self.info.name
     if int(num_samples) < 0:
-      raise base.DataError(f'synthetic_context/{split}: num_samples={num_samples} must be >= 0')
+      raise base.DataError(f'{name}/{split}: num_samples={num_samples} must be >= 0')
     if int(image_size) < MIN_IMAGE_SIZE:
-      raise base.DataError(f'synthetic_context/{split}: image_size={image_size} is too small to draw objects; '
+      raise base.DataError(f'{name}/{split}: image_size={image_size} is too small to draw objects; '
                            f'set --config.data.synthetic.image_size to at least {MIN_IMAGE_SIZE}')
     if int(seed) < 0:
-      raise base.DataError(f'synthetic_context/{split}: seed={seed} must be >= 0 '
+      raise base.DataError(f'{name}/{split}: seed={seed} must be >= 0 '
                            '(set --config.data.synthetic.seed to a non-negative integer)')
-    self.info = SYNTHETIC_CONTEXT_INFO
     self.split = split
     self.num_samples = int(num_samples)
     self.image_size = int(image_size)
@@ -294,12 +318,16 @@ class SyntheticContextSource:
   def __len__(self) -> int:
     return self.num_samples
 
-  def __getitem__(self, index: int) -> dict:
-    """Returns {'image': uint8 (S, S, 3), 'label': uint8 (S, S), 'name': str}."""
+  def _key(self, index: int) -> tuple[int, int, int]:
+    """The generator key of sample `index`; an IndexError outside the split."""
     index = int(index)
     if not 0 <= index < self.num_samples:
       raise IndexError(f'{self.info.name}/{self.split}: index {index} out of range [0, {self.num_samples})')
-    image, label, _ = render_sample((self.seed, self._split_code, index), self.image_size)
+    return self.seed, self._split_code, index
+
+  def __getitem__(self, index: int) -> dict:
+    """Returns {'image': uint8 (S, S, 3), 'label': uint8 (S, S), 'name': str}."""
+    image, label, _ = render_sample(self._key(index), self.image_size)
     return {'image': image, 'label': label, 'name': self.sample_name(index)}
 
   def sample_name(self, index: int) -> str:
@@ -310,5 +338,5 @@ class SyntheticContextSource:
     return self.image_size, self.image_size
 
   def __repr__(self) -> str:
-    return (f'SyntheticContextSource(split={self.split!r}, num_samples={self.num_samples}, '
+    return (f'{type(self).__name__}(split={self.split!r}, num_samples={self.num_samples}, '
             f'image_size={self.image_size}, seed={self.seed})')

@@ -8,7 +8,7 @@ from typing import Any
 import ml_collections
 
 from ctxseg_jax import settings
-from ctxseg_jax.models.heads import aspp, encnet, fcn, linear, ocr, projection
+from ctxseg_jax.models.heads import aspp, classifier, encnet, fcn, linear, ocr, projection
 from ctxseg_jax.models.segmentor import INPUT_TRANSFORMS
 from ctxseg_jax.settings import Registry, Setting
 
@@ -32,6 +32,7 @@ HEADS = Registry('head', 'type', {
     'ocr': ocr.COMPONENT,
     'aspp': aspp.COMPONENT,
     'projection': projection.COMPONENT,
+    'classifier': classifier.COMPONENT,
 }, common=WIRING)
 
 

@@ -31,10 +31,13 @@ class HeadType(settings.Component):
     feature_counts: head config -> how many backbone stages it takes with input_transform 'select' (one array
       for 1, a list otherwise), or None for any number.
     extra_inputs: how many outputs of earlier heads it takes after the features (`reads_outputs`).
+    level: what its outputs score: 'pixel' (maps (B, h, w, K), for segmentation datasets) or 'image' (vectors
+      (B, K), for classification datasets).
   """
   present: Callable[[Config, bool], tuple[str, ...] | None] = _all_outputs
   feature_counts: Callable[[Config], tuple[int, ...] | None] = _one_feature_map
   extra_inputs: int = 0
+  level: str = 'pixel'
 
   def outputs_present(self, config: Config, *, train: bool) -> tuple[str, ...]:
     present = self.present(config, train)

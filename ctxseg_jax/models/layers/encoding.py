@@ -104,24 +104,37 @@ def _encode_bwd(residuals, grad):
 _encode.defvjp(_encode_fwd, _encode_bwd)
 
 
+# EncDrop's smoothing factors at inference: the mean of their training distribution U(-1, 0).
+DROP_SCALE_MEAN = -0.5
+
+
 class Encoding(nn.Module):
   """Encoding layer with `num_codes` codewords; float32 parameters initialised as in the references.
 
   Attributes:
     num_codes: K, the number of codewords.
+    scale_drop: PyTorch-Encoding's EncodingDrop (the 3.45% CIFAR-10 network): the smoothing factors are not learned
+      but drawn from U(-1, 0) for every training step (one draw per step, from the 'dropout' rng) and fixed at their
+      mean -0.5 at inference. The 'scale' parameter is still declared, as EncodingDrop declares it (and overwrites
+      it on every call), so parameter counts and layouts stay those of the reference.
     dtype: dtype the features are cast to on entry (the model's compute dtype). The encoding itself always
       runs in float32 (see `encode`).
   """
   num_codes: int
+  scale_drop: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """(B, H, W, D) -> (B, num_codes, D) float32; with bool (B, H, W) `mask`, aggregated over those positions."""
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+    """(B, H, W, D) -> (B, num_codes, D) float32; with bool (B, H, W) `mask`, aggregated over those positions.
+    `train` matters only with scale_drop (it then needs the 'dropout' rng)."""
     b, h, w, d = x.shape
     bound = 1.0 / math.sqrt(self.num_codes * d)
     codewords = self.param('codewords', uniform(-bound, bound), (self.num_codes, d), jnp.float32)
     scale = self.param('scale', uniform(-1.0, 0.0), (self.num_codes,), jnp.float32)
+    if self.scale_drop:
+      scale = (jax.random.uniform(self.make_rng('dropout'), (self.num_codes,), jnp.float32, -1.0, 0.0) if train
+               else jnp.full((self.num_codes,), DROP_SCALE_MEAN, jnp.float32))
     flat_mask = None if mask is None else mask.reshape(b, h * w)
     return encode(x.astype(self.dtype).reshape(b, h * w, d), codewords, scale, flat_mask)
 

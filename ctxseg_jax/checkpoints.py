@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from typing import Any, Callable, Sequence
 
 import grain
@@ -234,6 +235,7 @@ class Checkpointer:
   def _attempt(self, step: int, item: str, fn: Callable[[], Any]) -> Any:
     """fn(), with any failure to read item `item` of `step` turned into _Damaged (orbax, tensorstore and grain
     raise anything from KeyError to JSONDecodeError for a missing or truncated file)."""
+    _quiet_abandoned_reads()
     try:
       return fn()
     except Exception as e:  # pylint: disable=broad-except
@@ -371,6 +373,23 @@ def _quiet_write_failures() -> None:
   logger = logging.getLogger('absl')
   if not any(isinstance(f, _WriteFailureFilter) for f in logger.filters):
     logger.addFilter(_WriteFailureFilter())
+
+
+def _quiet_abandoned_reads() -> None:
+  """Drops the tracebacks of reads that complete after their restore failed: orbax closes its event loop at the
+  first array it cannot read, and tensorstore then posts the other reads' results to the closed loop from its own
+  threads (RuntimeError 'Event loop is closed', reported through sys.unraisablehook). The restore's own error is
+  reported as one line."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_abandoned_reads', False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      previous(unraisable)
+  hook.drops_abandoned_reads = True
+  sys.unraisablehook = hook
 
 
 def _pytree_restore(abstract: Any, *, partial: bool = False) -> ocp.args.PyTreeRestore:

@@ -14,7 +14,7 @@ import numpy as np
 from etils import epath
 
 from ctxseg_jax import experiment, parallel, reporting, storage
-from ctxseg_jax.data import transforms
+from ctxseg_jax.data import pipeline, transforms
 
 MIB = 2**20
 
@@ -40,7 +40,8 @@ def parameter_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
   return {'params_total': count_params(train_vars['params']), 'params_inference': count_params(infer_vars['params'])}
 
 
-def batch_specs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tuple[dict, dict]:
+def batch_specs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                task: str = 'segmentation') -> tuple[dict, dict]:
   """(train batch, eval batch): abstract global batches (jax.ShapeDtypeStruct) of the config's global batch sizes,
   with the shapes and dtypes its input pipeline gives (its train augmentation and eval preprocessing applied to a
   placeholder image of the eval label size). The eval batch is the largest the config allows (no shape bucket).
@@ -50,9 +51,10 @@ def batch_specs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> t
   parallel.per_process_batch_size(config.train.batch_size, mesh, 'train.batch_size')
   parallel.per_process_batch_size(config.eval.batch_size, mesh, 'eval.batch_size')
   size = transforms.eval_label_size(config.data)  # the largest original image an eval batch holds
-  sample = {'image': np.zeros((*size, 3), np.uint8), 'label': np.zeros(size, np.uint8)}
-  train = transforms.TrainAugment.from_config(config.data).random_map(sample, np.random.default_rng(0))
-  evaluation = transforms.EvalPreprocess.from_config(config.data, config.eval).map({**sample, 'index': 0})
+  label = np.int32(0) if task == 'classification' else np.zeros(size, np.uint8)
+  sample = {'image': np.zeros((*size, 3), np.uint8), 'label': label}
+  train = pipeline.train_augment(config.data, task).random_map(sample, np.random.default_rng(0))
+  evaluation = pipeline.eval_preprocess(config.data, config.eval, task).map({**sample, 'index': 0})
   batched = lambda example, size: {  # noqa: E731
       key: jax.ShapeDtypeStruct((size, *np.shape(value)), np.asarray(value).dtype) for key, value in example.items()}
   return batched(train, config.train.batch_size), batched(evaluation, config.eval.batch_size)
@@ -87,7 +89,7 @@ def step_memory(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """
   exp = experiment.build(config)
   devices = exp.mesh.devices.size
-  train_batch, eval_batch = batch_specs(config, exp.mesh)
+  train_batch, eval_batch = batch_specs(config, exp.mesh, exp.info.task)
   state = exp.abstract_state()
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   memory = {'devices': devices, 'platform': exp.mesh.devices.flat[0].platform,

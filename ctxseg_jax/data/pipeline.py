@@ -147,12 +147,7 @@ def train_augment(data_config: ml_collections.ConfigDict, task: str) -> grain.tr
   if task == 'classification':
     return transforms.ClassificationAugment(crop_size=tuple(data_config.crop_size), padding=data_config.crop_padding,
                                             flip=data_config.flip, image_pad_value=data_config.image_pad_value)
-  return transforms.TrainAugment(
-      base_size=data_config.base_size, ratio_range=tuple(data_config.ratio_range),
-      ratio_step=data_config.ratio_step, crop_size=tuple(data_config.crop_size), flip=data_config.flip,
-      image_pad_value=data_config.image_pad_value, base_short_side=data_config.base_short_side,
-      cat_max_ratio=data_config.cat_max_ratio, photometric_distortion=data_config.photometric_distortion,
-      resize_antialias=data_config.resize_antialias)
+  return transforms.TrainAugment.from_config(data_config)
 
 
 def eval_preprocess(data_config: ml_collections.ConfigDict, eval_config: ml_collections.ConfigDict | None,

@@ -21,6 +21,7 @@ from ctxseg_jax import settings
 from ctxseg_jax.models.layers.conv import TORCH_DEFAULT_KERNEL, ConvBNReLU, conv2d, conv_init
 from ctxseg_jax.models.layers.encoding import Encoding
 from ctxseg_jax.models.layers.linear import torch_linear
+from ctxseg_jax.models.layers.remat import block_type
 from ctxseg_jax.settings import Setting
 
 Dtype = Any
@@ -84,7 +85,7 @@ class EncBasicBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     """(B, H, W, C) -> (B, H / stride, W / stride, planes)."""
     in_channels = x.shape[-1]
     conv_bn = functools.partial(ConvBNReLU, self.planes, 3, kernel_init=TORCH_DEFAULT_KERNEL, dtype=self.dtype)
@@ -109,6 +110,7 @@ class CifarResNet(nn.Module):
     reduction: a module encodes C / reduction channels.
     scale_drop: EncDrop in every Encoding layer (PyTorch-Encoding's encnetdrop model).
     dtype: compute dtype; parameters are float32.
+    remat: in training, rematerialise every block (layers.remat).
   """
   base_width: int = 128
   blocks: int = 2
@@ -116,6 +118,7 @@ class CifarResNet(nn.Module):
   reduction: int = 4
   scale_drop: bool = True
   dtype: Dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
@@ -124,11 +127,12 @@ class CifarResNet(nn.Module):
                    **conv_init('pytorch', x.shape[-1], 3))(x, train=train)
     gate = (functools.partial(EncodingGate, self.num_codes, self.reduction, self.scale_drop, dtype=self.dtype)
             if self.num_codes else None)
+    block_cls = block_type(EncBasicBlock, self.remat and train)
     outputs = []
     for stage, stride in enumerate(STRIDES):
       for index in range(self.blocks):
-        x = EncBasicBlock(self.base_width * 2**stage, stride=stride if index == 0 else 1, gate=gate, dtype=self.dtype,
-                          name=f'layer{stage + 1}_{index}')(x, train=train)
+        x = block_cls(self.base_width * 2**stage, stride=stride if index == 0 else 1, gate=gate, dtype=self.dtype,
+                      name=f'layer{stage + 1}_{index}')(x, train)
       outputs.append(x)
     return outputs
 
@@ -145,10 +149,10 @@ SETTINGS = {
 }
 
 
-def build(config, *, dtype: Dtype) -> CifarResNet:
-  """The CIFAR network body of a backbone config (SETTINGS' keys)."""
+def build(config, *, dtype: Dtype, remat: bool = False) -> CifarResNet:
+  """The CIFAR network body of a backbone config (SETTINGS' keys); `remat`: config.model.remat."""
   return CifarResNet(base_width=config.base_width, blocks=config.blocks, num_codes=config.num_codes,
-                     reduction=config.reduction, scale_drop=config.scale_drop, dtype=dtype)
+                     reduction=config.reduction, scale_drop=config.scale_drop, dtype=dtype, remat=remat)
 
 
 COMPONENT = settings.Component(build, SETTINGS, outputs=('stage1', 'stage2', 'stage3'),

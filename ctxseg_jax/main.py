@@ -11,7 +11,7 @@ A model is a backbone and named heads, the loss named weighted terms, each with 
 Run the same command on every host of a multi-host slice.
 
 Exit codes: 0 done; 1 a failure mid-run (bad data, a checkpoint that does not fit, a non-finite loss, a write that
-failed for lack of space or permission); 2 refused before any work (bad flags or config, a workdir or output
+failed for lack of space or permission, another process of a multi-process job gone); 2 refused before any work (bad flags or config, a workdir or output
 folder that cannot be written, a workdir another trainer holds: see --force_unlock).
 """
 from __future__ import annotations
@@ -173,6 +173,13 @@ def main(argv: list[str]) -> None:
     _exit_now(f'Error: cannot write {os_error.filename or workdir}: {storage.describe(os_error)}')
   except KeyboardInterrupt:
     _fail('interrupted (Ctrl-C); stopped without saving', code=130)
+  except Exception as e:  # pylint: disable=broad-except
+    lost = parallel.lost_peer(e)
+    if lost is None:
+      raise
+    # At once: at a normal exit, JAX's shutdown barrier would wait for the lost process, then abort.
+    _exit_now(f'Error: {lost}. Checkpoints are committed only once every process has written them: run the same '
+              'command on every process to resume from the last one.')
 
 
 def _simulate_devices(count: int) -> None:

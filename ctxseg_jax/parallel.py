@@ -92,6 +92,24 @@ def _wait_for_every_process(name: str) -> None:
                                   timeout_ms=COMPILE_BARRIER_TIMEOUT_S * 1000)
 
 
+# Words of the runtime errors a process gets when another process of its job is gone: a collective that lost its
+# peer (gloo on CPU), or the coordination service that stopped hearing from it.
+_LOST_PEER_MARKERS = ('Gloo', 'heartbeat', 'Connection reset by peer', 'coordination service',
+                      'CoordinationService')
+
+
+def lost_peer(error: BaseException) -> str | None:
+  """For a JAX runtime error of a multi-process job that says another process is gone: a one-line description,
+  its first line included; None otherwise (one process, or another kind of error)."""
+  if jax.process_count() == 1 or not isinstance(error, jax.errors.JaxRuntimeError):
+    return None
+  message = str(error)
+  if not any(marker in message for marker in _LOST_PEER_MARKERS):
+    return None
+  first_line = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+  return f'another process of this {jax.process_count()}-process job stopped ({first_line})'
+
+
 def maybe_initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                                  process_id: int | None = None) -> None:
   """Calls jax.distributed.initialize() when this run spans several processes.

@@ -11,8 +11,9 @@ A model is a backbone and named heads, the loss named weighted terms, each with 
 Run the same command on every host of a multi-host slice.
 
 Exit codes: 0 done; 1 a failure mid-run (bad data, a checkpoint that does not fit, a non-finite loss, a write that
-failed for lack of space or permission, another process of a multi-process job gone); 2 refused before any work (bad flags or config, a workdir or output
-folder that cannot be written, a workdir another trainer holds: see --force_unlock).
+failed for lack of space or permission, another process of a multi-process job gone); 2 refused before any work
+(bad flags or config, a workdir or output folder that cannot be written, a workdir another trainer holds: see
+--force_unlock).
 """
 from __future__ import annotations
 

@@ -107,14 +107,12 @@ def _check_writable(path: epath.Path, what: str) -> None:
     probe = path / f'.write_test.{socket.gethostname()}.{os.getpid()}'
     probe.write_text('')
     probe.unlink()
-  except FileNotFoundError as e:
-    if not remote:
-      raise WorkdirError(f'cannot write the {what} {path}: {describe(e)}') from None
-    scheme, rest = str(path).split('://', 1)
-    bucket = f'{scheme}://{rest.split("/", 1)[0]}'
-    raise WorkdirError(f'cannot write the {what} {path}: the bucket {bucket} does not exist; check the name, or '
-                       f'create it (gcloud storage buckets create {bucket})') from None
   except OSError as e:
+    if remote and isinstance(e, FileNotFoundError):
+      scheme, rest = str(path).split('://', 1)
+      bucket = f'{scheme}://{rest.split("/", 1)[0]}'
+      raise WorkdirError(f'cannot write the {what} {path}: the bucket {bucket} does not exist; check the name, or '
+                         f'create it (gcloud storage buckets create {bucket})') from None
     raise WorkdirError(f'cannot write the {what} {path}: {describe(e)}') from None
 
 

@@ -165,7 +165,9 @@ def main(argv: list[str]) -> None:
     _fail(str(e))
   except storage.WriteError as e:
     _exit_now(f'Error: {e}')
-  except (DataError, FileNotFoundError, CheckpointMismatchError, CheckpointDamagedError, NonFiniteLossError) as e:
+  except (CheckpointMismatchError, CheckpointDamagedError) as e:
+    _exit_now(f'Error: {e}')
+  except (DataError, FileNotFoundError, NonFiniteLossError) as e:
     _fail(str(e), code=1)
   except OSError as e:
     os_error = storage.write_os_error(e)
@@ -200,8 +202,9 @@ def _simulate_devices(count: int) -> None:
 
 
 def _exit_now(message: str) -> None:
-  """Prints `message` and exits 1 at once: after a failed write, background checkpoint threads still running would
-  print tracebacks at interpreter shutdown (the run's own cleanup, lock release included, has run)."""
+  """Prints `message` and exits 1 at once: after a failed write, background checkpoint threads still running, and
+  after a checkpoint that does not restore, the reads orbax abandoned (it does not cancel them), would print
+  tracebacks at interpreter shutdown (the run's own cleanup, lock release included, has run)."""
   print(message, file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()

@@ -196,6 +196,26 @@ def _torch_worker(args: argparse.Namespace) -> None:
   harness.serve(step, args.warmup, ready, finish)
 
 
+MATMUL_N = 4096  # the square float32 matrix product that measures a framework's attainable GFLOP/s here
+
+
+def _matmul_worker(args: argparse.Namespace) -> None:
+  """Prints {'matmul_gflops'}: the best rate of a MATMUL_N^3 float32 matrix product in this implementation's
+  framework, with as many threads as the step gets: what its convolutions could reach at best on this machine."""
+  if args.worker == 'torch_eager':
+    import torch
+    torch.set_num_threads(harness.num_cores())
+    a, b = torch.randn(MATMUL_N, MATMUL_N), torch.randn(MATMUL_N, MATMUL_N)
+    step = lambda: a @ b  # noqa: E731
+  else:
+    import jax
+    a, b = (jax.random.normal(jax.random.key(i), (MATMUL_N, MATMUL_N)) for i in range(2))
+    product = jax.jit(lambda a, b: a @ b)
+    step = lambda: jax.block_until_ready(product(a, b))  # noqa: E731
+  timing = harness.time_step(step, args.repeats, args.warmup)
+  print(json.dumps({'matmul_gflops': 2 * MATMUL_N**3 / timing['min_s'] / 1e9}))
+
+
 def groups(models: list[str], impls: list[str]) -> list[list[tuple[str, str]]]:
   """The (model, impl) workers that run interleaved: each model's implementations, a model with `overhead_over`
   joined to its base's group when both are selected."""
@@ -249,6 +269,21 @@ def table(results: list[dict[str, Any]], ratios: dict[str, float], overheads: di
   return '\n'.join(lines)
 
 
+def ceiling(results: list[dict[str, Any]], matmul_gflops: dict[str, float]) -> str:
+  """The machine's ceiling: each framework's best matrix-product rate, and for each torch_eager row the most that
+  torch_eager / ctxseg_jax could be if every FLOP of the step ran at the better of those rates."""
+  peak = max(matmul_gflops.values())
+  lines = [f'{MATMUL_N}^3 float32 matmul: ' + ', '.join(f'{impl} {value:.1f}' for impl, value in
+                                                           matmul_gflops.items()) + ' GFLOP/s']
+  for row in results:
+    if row['impl'] == 'torch_eager' and row.get('flops'):
+      floor_s = row['flops'] / peak / 1e9
+      lines.append(f'{row["model"]}@{row["shape"][1]}: the step\'s FLOPs at {peak:.1f} GFLOP/s take {floor_s:.3f} s; '
+                   f'torch_eager runs at {row["gflops"] / peak:.0%} of that, so torch_eager / ctxseg_jax is at most '
+                   f'{row["median_s"] / floor_s:.2f}x')
+  return '\n'.join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = harness._parser(__doc__, IMPLS, repeats=5, warmup=2)
   parser.add_argument('--models', nargs='+', choices=list(MODELS), default=list(MODELS))
@@ -258,7 +293,11 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--model', choices=list(MODELS), help=argparse.SUPPRESS)
   parser.add_argument('--size', type=int, help=argparse.SUPPRESS)
   parser.add_argument('--spec', help=argparse.SUPPRESS)
+  parser.add_argument('--matmul', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.worker and args.matmul:
+    _matmul_worker(args)
+    return
   if args.worker:
     (_torch_worker if args.worker == 'torch_eager' else _jax_worker)(args)
     return
@@ -267,7 +306,9 @@ def main(argv: list[str] | None = None) -> None:
   mode = 'inference' if args.inference else 'train'
   results, ratios, overheads = [], {}, {}
   report = {'results': results, 'ratios': ratios, 'overheads': overheads, 'mode': mode, 'batch': BATCH,
-            'device': harness.device(), 'repeats': args.repeats, 'warmup': args.warmup}
+            'device': harness.device(), 'repeats': args.repeats, 'warmup': args.warmup,
+            'matmul_gflops': {impl: harness.spawn(__file__, impl, 10, 3, ['--matmul'])['matmul_gflops']
+                              for impl in args.impls}}
   for size in args.sizes:
     for group in groups(args.models, args.impls):
       starts = [functools.partial(_start, model, impl, size, args) for model, impl in group]
@@ -289,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
       with open(args.out, 'w') as f:  # after every group, so that an interrupted run keeps what it measured
         json.dump(report, f, indent=2)
   print(table(results, ratios, overheads))
+  print(ceiling(results, report['matmul_gflops']))
 
 
 if __name__ == '__main__':

@@ -513,14 +513,16 @@ def test_hrnet_fusion_sums_every_branch_into_every_branch():
     np.testing.assert_allclose(got, jax.nn.relu(want), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('stride, use_bias, dtype', [(1, False, jnp.float32), (2, True, jnp.float32),
-                                                    (1, True, jnp.bfloat16)])
-def test_pointwise_conv_as_a_matrix_product_equals_nn_conv(stride, use_bias, dtype):
+@pytest.mark.parametrize('stride, use_bias, dtype, features', [(1, False, jnp.float32, 6), (2, True, jnp.float32, 6),
+                                                              (1, True, jnp.bfloat16, 6), (1, False, jnp.float32, 3),
+                                                              (2, True, jnp.bfloat16, 3)])
+def test_pointwise_conv_as_a_matrix_product_equals_nn_conv(stride, use_bias, dtype, features):
   """layers.conv.Conv runs 1x1 kernels as dot_general: the same parameters, outputs and gradients as nn.Conv (odd
-  sizes, so that the strided slice must keep the first of each pair, as the convolution does)."""
+  sizes, so that the strided slice must keep the first of each pair, as the convolution does; more and fewer output
+  than input channels, the two ways channel_matmul writes the weight gradient)."""
   from ctxseg_jax.models.layers.conv import Conv
   x = jax.random.normal(jax.random.key(0), (2, 7, 9, 5))
-  settings = dict(features=6, kernel_size=(1, 1), strides=(stride, stride), padding=((0, 0), (0, 0)),
+  settings = dict(features=features, kernel_size=(1, 1), strides=(stride, stride), padding=((0, 0), (0, 0)),
                   use_bias=use_bias, dtype=dtype, bias_init=nn.initializers.normal(1.0))
   ours, reference = Conv(**settings), nn.Conv(**settings)
   variables = reference.init(jax.random.key(1), x)

@@ -40,6 +40,11 @@ time to lower and compile the step; `setup_s` that of building the model and its
 ru_maxrss after the timed steps (compilation included for ctxseg_jax); `rss_before_mib` is ru_maxrss before them.
 `loss_first` / `loss_last` are the total loss of the first warm-up step and of the last timed step (train mode).
 
+Before the workers start, each implementation's framework times a MATMUL_N^3 float32 matrix product in its own
+process (`matmul_gflops`: the best of 10). The last lines printed put each model's step against that rate: the time
+its FLOPs would take at the better framework's rate, the share of that rate torch_eager reaches, and so the largest
+torch_eager / ctxseg_jax any implementation of these FLOPs could show on this machine.
+
 Contextrast's cost depends on the data: its distance transform takes about as many shifts as the largest distance
 inside an error region, and the synthetic labels are 4x4 tiles of a few classes, so error regions are large at
 initialisation, as they are at the start of real training.

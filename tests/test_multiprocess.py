@@ -159,6 +159,9 @@ def test_sigkill_of_one_process_leaves_the_last_checkpoint_whole(single_process,
   _wait_for_checkpoint(tmp_path, 4, processes)
   processes[1].kill()
   (code, out), _ = _finish(processes)  # process 0 fails at its next exchange with the dead one
-  assert code == 1 and 'Error: another process of this 2-process job stopped' in out, out[-3000:]
+  # Either the lost connection reaches the trainer as an error (exit 1 with one line), or the runtime aborts the
+  # process first (SIGABRT; seen once in a loaded CI run, with the main thread waiting for a step's results).
+  reported = code == 1 and 'Error: another process of this 2-process job stopped' in out
+  assert reported or code == -signal.SIGABRT, out[-3000:]
   _run(tmp_path, 2, 4)
   _assert_same_run(tmp_path, single_process)

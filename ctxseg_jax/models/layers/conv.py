@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ctxseg_jax.models.layers.linear import uniform
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -28,12 +30,6 @@ INIT_STYLES = ('mmcv', 'pytorch')
 TORCH_DEFAULT_KERNEL = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 
 
-def _uniform(bound: float) -> Initializer:
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
-
-
 def conv_init(style: str, in_channels: int, kernel_size: int, *, classifier: bool = False) -> dict[str, Initializer]:
   """`kernel_init` and `bias_init` of a head conv reading `in_channels` through a square `kernel_size` kernel.
 
@@ -41,7 +37,8 @@ def conv_init(style: str, in_channels: int, kernel_size: int, *, classifier: boo
   'pytorch': nn.Conv2d's defaults, kernel and bias U(-b, b) with b = 1 / sqrt(in_channels * kernel_size**2).
   """
   if style == 'pytorch':
-    return dict(kernel_init=TORCH_DEFAULT_KERNEL, bias_init=_uniform((in_channels * kernel_size**2)**-0.5))
+    bound = (in_channels * kernel_size**2)**-0.5
+    return dict(kernel_init=TORCH_DEFAULT_KERNEL, bias_init=uniform(-bound, bound))
   if style != 'mmcv':
     raise ValueError(f'init style {style!r} is not supported; choose one of {list(INIT_STYLES)}')
   return dict(kernel_init=nn.initializers.normal(0.01) if classifier else KAIMING_FAN_OUT,
